@@ -1,0 +1,1 @@
+"""A self-hosted Whisper transcription service: batched inference behind LitServe."""

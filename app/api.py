@@ -1,0 +1,99 @@
+"""WhisperLitAPI: the LitServe hooks that run in a model worker, thin calls into the engine.
+
+Every hook returns values, never raises for one item's fault: LitServe fails a whole batch when
+any hook raises, so each request's error travels as an `ItemError` beside its neighbours' results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import litserve as ls
+import torch
+from whisper.audio import SAMPLE_RATE
+
+from app import metrics
+from app.audio import load_waveform
+from app.config import Settings
+from app.engine import AudioJob, Transcriber, Transcript, TranscriptionOptions
+from app.errors import ItemError, Reason
+from app.models import default_model_spec, load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueuedRequest:
+    """What the HTTP process puts on the worker queue: a path on the tmpfs, never the bytes."""
+
+    waveform_path: str
+    options: TranscriptionOptions
+    submitted_at: float  # time.monotonic(), which is system-wide on Linux
+
+
+def resolve_device(setting: str) -> str:
+    """`auto` means CUDA when torch sees a GPU."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+class WhisperLitAPI(ls.LitAPI):
+    """Batched Whisper transcription behind LitServe.
+
+    >>> server = ls.LitServer(WhisperLitAPI(settings, max_batch_size=16, spec=TranscriptionRoutes(settings)))
+    """
+
+    def __init__(self, settings: Settings, **litapi_options: object) -> None:
+        super().__init__(**litapi_options)
+        self.settings = settings
+
+    def setup(self, device: str) -> None:
+        spec = self.settings.model or default_model_spec(torch.cuda.is_available())
+        model = load_model(spec, device, self.settings.model_cache_dir)
+        self.device_label = str(device)
+        self.transcriber = Transcriber(model, self.settings.max_windows_per_pass)
+        log.info("model %s ready on %s", spec, device)
+
+    def decode_request(self, request: QueuedRequest) -> AudioJob | ItemError:
+        metrics.QUEUE_WAIT.labels(self.device_label).observe(
+            time.monotonic() - request.submitted_at
+        )
+        try:
+            return AudioJob(load_waveform(Path(request.waveform_path)), request.options)
+        except OSError as error:
+            return ItemError(
+                Reason.INFERENCE_FAILED,
+                f"the decoded audio vanished before inference: {error.strerror}",
+            )
+
+    def batch(self, items: list[AudioJob | ItemError]) -> list[AudioJob | ItemError]:
+        return items
+
+    def predict(
+        self, items: list[AudioJob | ItemError]
+    ) -> list[Transcript | ItemError]:
+        jobs = [item for item in items if isinstance(item, AudioJob)]
+        if not jobs:
+            return items
+        started = time.monotonic()
+        results = iter(self.transcriber.transcribe_isolated(jobs))
+        label = self.device_label
+        metrics.INFERENCE_SECONDS.labels(label).observe(time.monotonic() - started)
+        metrics.BATCH_SIZE.labels(label).observe(len(jobs))
+        metrics.BATCH_WINDOWS.labels(label).observe(self.transcriber.last_window_count)
+        metrics.AUDIO_SECONDS.labels(label).inc(
+            sum(len(job.waveform) for job in jobs) / SAMPLE_RATE
+        )
+        return [next(results) if isinstance(item, AudioJob) else item for item in items]
+
+    def unbatch(
+        self, results: list[Transcript | ItemError]
+    ) -> list[Transcript | ItemError]:
+        return results
+
+    def encode_response(self, result: Transcript | ItemError) -> Transcript | ItemError:
+        return result

@@ -1,0 +1,94 @@
+"""Service configuration: every knob, its environment variable, default and meaning.
+
+One `Settings` class read once at start-up; bad values stop the process with the variable named.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "WHISPER_"
+
+
+def default_tmp_dir() -> Path:
+    """A tmpfs where the host has one, so uploads never touch a disk."""
+    shm = Path("/dev/shm")
+    base = (
+        shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    )
+    return base / "whisper-uploads"
+
+
+def default_model_cache_dir() -> Path:
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        / "whisper-service"
+    )
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told, read from WHISPER_* environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True
+    )
+
+    # openai-whisper name, .pt checkpoint or CTranslate2 folder; empty picks the device's default
+    model: str = ""
+    # where inference runs; auto takes CUDA when torch sees a GPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    # most requests LitServe gathers into one predict call
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    # seconds LitServe waits for a batch to fill once its first request arrived
+    batch_timeout: float = Field(0.05, ge=0.0, le=10.0)
+    # model workers per device (each holds its own copy of the weights)
+    workers_per_device: int = Field(1, ge=1, le=64)
+    # where uploads and decoded waveforms live for the life of a request
+    tmp_dir: Path = Field(default_factory=default_tmp_dir)
+    # seconds a request may wait for a worker before it gets 504
+    request_timeout: float = Field(600.0, gt=0.0)
+    # converted and downloaded model weights
+    model_cache_dir: Path = Field(default_factory=default_model_cache_dir)
+    # most 30-second windows in one encoder/decoder pass; larger batches are cut into passes
+    max_windows_per_pass: int = Field(64, ge=1, le=4096)
+    # ffmpeg processes decoding uploads at once in each HTTP process
+    decode_concurrency: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, le=256
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _batch_timeout_below_request_timeout(self) -> Settings:
+        if self.batch_timeout >= self.request_timeout:
+            raise ValueError(
+                f"{ENV_PREFIX}BATCH_TIMEOUT ({self.batch_timeout}) must be smaller than "
+                f"{ENV_PREFIX}REQUEST_TIMEOUT ({self.request_timeout})"
+            )
+        return self
+
+
+class ConfigurationError(SystemExit):
+    """Raised at start-up; its message names the offending environment variable."""
+
+
+def load_settings() -> Settings:
+    """Read the environment, turning validation errors into one readable line per variable."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            field = str(problem["loc"][0]) if problem["loc"] else ""
+            name = f"{ENV_PREFIX}{field.upper()}" if field else "configuration"
+            lines.append(f"{name}: {problem['msg']} (got {problem.get('input')!r})")
+        raise ConfigurationError(
+            "invalid configuration:\n  " + "\n  ".join(lines)
+        ) from None

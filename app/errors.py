@@ -1,0 +1,56 @@
+"""Per-request failures as values, and the one table that maps each to an HTTP status.
+
+A failed item travels through the batch as an `ItemError`, so one bad upload never fails its neighbours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Reason(str, Enum):
+    """Why one request failed; the value is the `reason` clients and metrics see."""
+
+    EMPTY_UPLOAD = "empty_upload"
+    MISSING_FILE = "missing_file"
+    BAD_FORM = "bad_form"
+    UNREADABLE_AUDIO = "unreadable_audio"
+    NO_AUDIO = "no_audio"
+    BAD_OPTION = "bad_option"
+    TIMEOUT = "timeout"
+    STORAGE_FULL = "storage_full"
+    INFERENCE_FAILED = "inference_failed"
+
+
+STATUS_BY_REASON: dict[Reason, int] = {
+    Reason.EMPTY_UPLOAD: 400,
+    Reason.MISSING_FILE: 400,
+    Reason.BAD_FORM: 400,
+    Reason.BAD_OPTION: 400,
+    Reason.UNREADABLE_AUDIO: 415,
+    Reason.NO_AUDIO: 415,
+    Reason.TIMEOUT: 504,
+    Reason.STORAGE_FULL: 507,
+    Reason.INFERENCE_FAILED: 500,
+}
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """One request's failure, carried as a result so the rest of its batch is unaffected."""
+
+    reason: Reason
+    message: str
+
+    @property
+    def status(self) -> int:
+        return STATUS_BY_REASON[self.reason]
+
+
+class RequestError(Exception):
+    """Raised inside one request's own code path; converted to an `ItemError` at its edge."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.error = ItemError(reason, message)

