@@ -7,6 +7,7 @@ any hook raises, so each request's error travels as an `ItemError` beside its ne
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +55,13 @@ class WhisperLitAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         spec = self.settings.model or default_model_spec(torch.cuda.is_available())
         model = load_model(spec, device, self.settings.model_cache_dir)
-        self.device_label = str(device)
+        # LitServe numbers its workers; with several per device the label tells them apart
+        self.worker_label = f"{device}/{os.environ.get('LITSERVE_WORKER_ID', '0')}"
         self.transcriber = Transcriber(model, self.settings.max_windows_per_pass)
         log.info("model %s ready on %s", spec, device)
 
     def decode_request(self, request: QueuedRequest) -> AudioJob | ItemError:
-        metrics.QUEUE_WAIT.labels(self.device_label).observe(
+        metrics.QUEUE_WAIT.labels(self.worker_label).observe(
             time.monotonic() - request.submitted_at
         )
         try:
@@ -81,7 +83,7 @@ class WhisperLitAPI(ls.LitAPI):
             return items
         started = time.monotonic()
         results = iter(self.transcriber.transcribe_isolated(jobs))
-        label = self.device_label
+        label = self.worker_label
         metrics.INFERENCE_SECONDS.labels(label).observe(time.monotonic() - started)
         metrics.BATCH_SIZE.labels(label).observe(len(jobs))
         metrics.BATCH_WINDOWS.labels(label).observe(self.transcriber.last_window_count)

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     model: str = ""
     # where inference runs; auto takes CUDA when torch sees a GPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # GPUs to serve from: "auto" (all that torch sees), a count such as "2", or indices such as "0,2"
+    devices: str = Field("auto", pattern=r"^(auto|[1-9][0-9]*|[0-9]+(,[0-9]+)*)$")
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     # most requests LitServe gathers into one predict call
@@ -73,6 +75,15 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}REQUEST_TIMEOUT ({self.request_timeout})"
             )
         return self
+
+
+def litserve_devices(devices: str) -> int | list[int] | str:
+    """WHISPER_DEVICES in LitServe's terms: "auto", a count, or a list of GPU indices."""
+    if devices == "auto":
+        return "auto"
+    if "," in devices or devices.startswith("0"):
+        return [int(index) for index in devices.split(",")]
+    return int(devices)
 
 
 class ConfigurationError(SystemExit):

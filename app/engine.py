@@ -226,7 +226,7 @@ class Transcriber:
         detected: dict[int, str] = {}
         if unknown:
             _, probabilities = detect_language(self.model, first_features[unknown])
-            detected = {i: max(p, key=p.get) for i, p in zip(unknown, probabilities)}
+            detected = {i: max(p, key=p.get) for i, p in zip(unknown, probabilities, strict=True)}
         return [job.options.language or detected[i] for i, job in enumerate(jobs)]
 
     @torch.inference_mode()
@@ -241,7 +241,7 @@ class Transcriber:
             for first in range(0, len(pending), self.max_windows_per_pass):
                 chunk = pending[first : first + self.max_windows_per_pass]
                 for index, result in zip(
-                    chunk, whisper.decode(self.model, features[chunk], attempt)
+                    chunk, whisper.decode(self.model, features[chunk], attempt), strict=True
                 ):
                     results[index] = result
             pending = [i for i in pending if needs_fallback(results[i])]
@@ -282,7 +282,7 @@ class Transcriber:
                 task=task, language=language, without_timestamps=False, fp16=self.fp16
             )
             for position, result in zip(
-                positions, self.decode_with_fallback(features[positions], options)
+                positions, self.decode_with_fallback(features[positions], options), strict=True
             ):
                 if not is_silence(result):
                     window = windows[position]
@@ -297,7 +297,7 @@ class Transcriber:
                 duration=round(len(job.waveform) / SAMPLE_RATE, 3),
                 segments=job_segments,
             )
-            for job, language, job_segments in zip(jobs, languages, segments)
+            for job, language, job_segments in zip(jobs, languages, segments, strict=True)
         ]
 
     def transcribe_isolated(

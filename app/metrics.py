@@ -50,28 +50,28 @@ DECODE_SECONDS = Histogram(
 )
 
 BATCH_SIZE = Histogram(
-    "whisper_batch_size", "Requests per model pass.", ["device"], buckets=COUNT_BUCKETS
+    "whisper_batch_size", "Requests per model pass.", ["worker"], buckets=COUNT_BUCKETS
 )
 BATCH_WINDOWS = Histogram(
     "whisper_batch_windows",
     "30-second windows per model pass.",
-    ["device"],
+    ["worker"],
     buckets=COUNT_BUCKETS,
 )
 QUEUE_WAIT = Histogram(
     "whisper_queue_wait_seconds",
     "Time a request waited for its model pass.",
-    ["device"],
+    ["worker"],
     buckets=LATENCY_BUCKETS,
 )
 INFERENCE_SECONDS = Histogram(
     "whisper_inference_seconds",
     "Wall time of one model pass.",
-    ["device"],
+    ["worker"],
     buckets=LATENCY_BUCKETS,
 )
 AUDIO_SECONDS = Counter(
-    "whisper_audio_seconds_total", "Seconds of audio transcribed.", ["device"]
+    "whisper_audio_seconds_total", "Seconds of audio transcribed.", ["worker"]
 )
 
 

@@ -9,7 +9,7 @@ from fastapi import Response
 
 from app import metrics
 from app.api import WhisperLitAPI, resolve_device
-from app.config import Settings, load_settings
+from app.config import Settings, litserve_devices, load_settings
 from app.routes import TranscriptionRoutes
 
 log = logging.getLogger(__name__)
@@ -24,10 +24,12 @@ def build_server(settings: Settings) -> ls.LitServer:
         batch_timeout=settings.batch_timeout,
         spec=TranscriptionRoutes(settings),
     )
+    accelerator = resolve_device(settings.device)
     server = ls.LitServer(
         api,
-        accelerator=resolve_device(settings.device),
-        devices=1,
+        accelerator=accelerator,
+        # LitServe runs every CPU worker on the one "cpu" device; the setting only picks GPUs
+        devices=litserve_devices(settings.devices) if accelerator == "cuda" else 1,
         workers_per_device=settings.workers_per_device,
         timeout=settings.request_timeout,
         model_metadata={"model": settings.model or "default"},
