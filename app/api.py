@@ -61,9 +61,7 @@ class WhisperLitAPI(ls.LitAPI):
         log.info("model %s ready on %s", spec, device)
 
     def decode_request(self, request: QueuedRequest) -> AudioJob | ItemError:
-        metrics.QUEUE_WAIT.labels(self.worker_label).observe(
-            time.monotonic() - request.submitted_at
-        )
+        metrics.QUEUE_WAIT.labels(self.worker_label).observe(time.monotonic() - request.submitted_at)
         try:
             return AudioJob(load_waveform(Path(request.waveform_path)), request.options)
         except OSError as error:
@@ -75,9 +73,7 @@ class WhisperLitAPI(ls.LitAPI):
     def batch(self, items: list[AudioJob | ItemError]) -> list[AudioJob | ItemError]:
         return items
 
-    def predict(
-        self, items: list[AudioJob | ItemError]
-    ) -> list[Transcript | ItemError]:
+    def predict(self, items: list[AudioJob | ItemError]) -> list[Transcript | ItemError]:
         jobs = [item for item in items if isinstance(item, AudioJob)]
         if not jobs:
             return items
@@ -87,14 +83,10 @@ class WhisperLitAPI(ls.LitAPI):
         metrics.INFERENCE_SECONDS.labels(label).observe(time.monotonic() - started)
         metrics.BATCH_SIZE.labels(label).observe(len(jobs))
         metrics.BATCH_WINDOWS.labels(label).observe(self.transcriber.last_window_count)
-        metrics.AUDIO_SECONDS.labels(label).inc(
-            sum(len(job.waveform) for job in jobs) / SAMPLE_RATE
-        )
+        metrics.AUDIO_SECONDS.labels(label).inc(sum(len(job.waveform) for job in jobs) / SAMPLE_RATE)
         return [next(results) if isinstance(item, AudioJob) else item for item in items]
 
-    def unbatch(
-        self, results: list[Transcript | ItemError]
-    ) -> list[Transcript | ItemError]:
+    def unbatch(self, results: list[Transcript | ItemError]) -> list[Transcript | ItemError]:
         return results
 
     def encode_response(self, result: Transcript | ItemError) -> Transcript | ItemError:

@@ -33,20 +33,12 @@ def ffmpeg_decode_command(source: Path, destination: Path) -> list[str]:
         sn=None,
         dn=None,
     )
-    return (
-        stream.global_args("-nostdin", "-hide_banner", "-loglevel", "error")
-        .overwrite_output()
-        .compile()
-    )
+    return stream.global_args("-nostdin", "-hide_banner", "-loglevel", "error").overwrite_output().compile()
 
 
 def _ffmpeg_problem(stderr: bytes, source: Path) -> str:
     """ffmpeg's own complaint, without our temp path (the client never sees server paths)."""
-    lines = [
-        line.strip()
-        for line in stderr.decode(errors="replace").splitlines()
-        if line.strip()
-    ]
+    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip()]
     detail = lines[-1] if lines else "ffmpeg could not decode it"
     return detail.replace(str(source), "upload")
 
@@ -79,15 +71,9 @@ async def decode_upload(source: Path, destination: Path, timeout: float) -> floa
         raise
     if process.returncode != 0:
         problem = _ffmpeg_problem(stderr, source)
-        reason = (
-            Reason.NO_AUDIO
-            if any(m in problem.lower() for m in NO_AUDIO_MARKERS)
-            else Reason.UNREADABLE_AUDIO
-        )
+        reason = Reason.NO_AUDIO if any(m in problem.lower() for m in NO_AUDIO_MARKERS) else Reason.UNREADABLE_AUDIO
         raise RequestError(reason, f"the upload is not decodable audio: {problem}")
-    n_samples = (
-        destination.stat().st_size // BYTES_PER_SAMPLE if destination.exists() else 0
-    )
+    n_samples = destination.stat().st_size // BYTES_PER_SAMPLE if destination.exists() else 0
     if n_samples == 0:
         raise RequestError(Reason.NO_AUDIO, "the upload decoded to zero audio samples")
     return n_samples / SAMPLE_RATE

@@ -19,25 +19,18 @@ ENV_PREFIX = "WHISPER_"
 def default_tmp_dir() -> Path:
     """A tmpfs where the host has one, so uploads never touch a disk."""
     shm = Path("/dev/shm")
-    base = (
-        shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
-    )
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
     return base / "whisper-uploads"
 
 
 def default_model_cache_dir() -> Path:
-    return (
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        / "whisper-service"
-    )
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper-service"
 
 
 class Settings(BaseSettings):
     """Everything the service can be told, read from WHISPER_* environment variables."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     # openai-whisper name, .pt checkpoint or CTranslate2 folder; empty picks the device's default
     model: str = ""
@@ -62,9 +55,7 @@ class Settings(BaseSettings):
     # most 30-second windows in one encoder/decoder pass; larger batches are cut into passes
     max_windows_per_pass: int = Field(64, ge=1, le=4096)
     # ffmpeg processes decoding uploads at once in each HTTP process
-    decode_concurrency: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1, le=256
-    )
+    decode_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -102,6 +93,4 @@ def load_settings() -> Settings:
                 lines.append(f"{ENV_PREFIX}{field.upper()}: {problem['msg']} (got {problem.get('input')!r})")
             else:
                 lines.append(problem["msg"])
-        raise ConfigurationError(
-            "invalid configuration:\n  " + "\n  ".join(lines)
-        ) from None
+        raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -76,56 +76,39 @@ class Transcript:
     segments: list[Segment] = field(default_factory=list)
 
 
-def log_mel_batch(
-    windows: Sequence[np.ndarray], n_mels: int, device: torch.device
-) -> torch.Tensor:
-    """Log-mel spectrograms of windows, each zero-padded to 30 s: shape (M, n_mels, N_FRAMES).
+def log_mel_batch(windows: Sequence[np.ndarray], n_mels: int, device: torch.device) -> torch.Tensor:
+    """Log-mel spectrograms of windows, each padded to 30 s: shape (M, n_mels, N_FRAMES).
 
-    Same arithmetic as whisper.log_mel_spectrogram, but the dynamic-range clamp is per window,
-    where whisper's takes the maximum over the whole input (which would mix windows of a batch).
+    Same arithmetic as transcribe(): frames past a window's audio are 0 (transcribe() pads the
+    mel, not the audio), and the dynamic-range clamp is per window, where whisper's
+    log_mel_spectrogram takes the maximum over its whole input (which would mix a batch's windows).
     """
     audio = torch.zeros(len(windows), N_SAMPLES, device=device)
     for row, samples in enumerate(windows):
-        audio[row, : len(samples)] = torch.from_numpy(np.ascontiguousarray(samples)).to(
-            device
-        )
-    stft = torch.stft(
-        audio,
-        N_FFT,
-        HOP_LENGTH,
-        window=torch.hann_window(N_FFT, device=device),
-        return_complex=True,
-    )
+        audio[row, : len(samples)] = torch.from_numpy(np.ascontiguousarray(samples)).to(device)
+    window = torch.hann_window(N_FFT, device=device)
+    stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=window, return_complex=True)
     magnitudes = stft[..., :-1].abs() ** 2
     log_spec = torch.clamp(mel_filters(device, n_mels) @ magnitudes, min=1e-10).log10()
     log_spec = torch.maximum(log_spec, log_spec.amax(dim=(1, 2), keepdim=True) - 8.0)
-    return (log_spec + 4.0) / 4.0
+    content_frames = torch.tensor([len(samples) // HOP_LENGTH for samples in windows], device=device)
+    padding = torch.arange(log_spec.shape[-1], device=device)[None, :] >= content_frames[:, None]
+    return ((log_spec + 4.0) / 4.0).masked_fill(padding[:, None, :], 0.0)
 
 
 def needs_fallback(result: DecodingResult) -> bool:
     """transcribe()'s rule: too repetitive or too improbable, unless the window is silence."""
-    silent = (
-        result.no_speech_prob > NO_SPEECH_THRESHOLD
-        and result.avg_logprob < LOGPROB_THRESHOLD
-    )
-    poor = (
-        result.compression_ratio > COMPRESSION_RATIO_THRESHOLD
-        or result.avg_logprob < LOGPROB_THRESHOLD
-    )
+    silent = result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOGPROB_THRESHOLD
+    poor = result.compression_ratio > COMPRESSION_RATIO_THRESHOLD or result.avg_logprob < LOGPROB_THRESHOLD
     return poor and not silent
 
 
 def is_silence(result: DecodingResult) -> bool:
     """transcribe() skips windows the model thinks hold no speech, unless its text is confident."""
-    return (
-        result.no_speech_prob > NO_SPEECH_THRESHOLD
-        and result.avg_logprob <= LOGPROB_THRESHOLD
-    )
+    return result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob <= LOGPROB_THRESHOLD
 
 
-def window_segments(
-    result: DecodingResult, window: Window, tokenizer: Tokenizer
-) -> list[Segment]:
+def window_segments(result: DecodingResult, window: Window, tokenizer: Tokenizer) -> list[Segment]:
     """Split one window's tokens at timestamp pairs, as transcribe() does, into file-relative segments.
 
     transcribe() would re-decode from the last timestamp when a window ends mid-segment; our windows
@@ -147,16 +130,10 @@ def window_segments(
         )
 
     is_timestamp = [t >= begin for t in tokens]
-    pair_ends = [
-        i + 1 for i in range(len(tokens) - 1) if is_timestamp[i] and is_timestamp[i + 1]
-    ]
+    pair_ends = [i + 1 for i in range(len(tokens) - 1) if is_timestamp[i] and is_timestamp[i + 1]]
     if not pair_ends:
         stamps = [t - begin for t in tokens if t >= begin]
-        end = (
-            stamps[-1] * TIME_PRECISION
-            if stamps and stamps[-1] > 0
-            else window.duration_seconds
-        )
+        end = stamps[-1] * TIME_PRECISION if stamps and stamps[-1] > 0 else window.duration_seconds
         return [segment(tokens, 0.0, end)] if tokens else []
     segments = []
     last = 0
@@ -172,12 +149,10 @@ def window_segments(
         last = current
     tail = tokens[last:]
     if any(t < begin for t in tail):
-        start = (
-            (tail[0] - begin) * TIME_PRECISION
-            if tail[0] >= begin
-            else segments[-1].end - window.offset_seconds
-        )
-        segments.append(segment(tail, start, window.duration_seconds))
+        start = (tail[0] - begin) * TIME_PRECISION if tail[0] >= begin else segments[-1].end - window.offset_seconds
+        # a single closing timestamp ends the segment; without one it runs to the window's end
+        end = (tail[-1] - begin) * TIME_PRECISION if tail[-1] >= begin else window.duration_seconds
+        segments.append(segment(tail, start, end))
     return [s for s in segments if s.text.strip()]
 
 
@@ -216,9 +191,7 @@ class Transcriber:
             passes.append(self.model.encoder(mel))
         return torch.cat(passes)
 
-    def languages(
-        self, jobs: Sequence[AudioJob], first_features: torch.Tensor
-    ) -> list[str]:
+    def languages(self, jobs: Sequence[AudioJob], first_features: torch.Tensor) -> list[str]:
         """Each job's language: asked for, the only one an English-only model knows, or detected."""
         if not self.model.is_multilingual:
             return ["en"] * len(jobs)
@@ -230,9 +203,7 @@ class Transcriber:
         return [job.options.language or detected[i] for i, job in enumerate(jobs)]
 
     @torch.inference_mode()
-    def decode_with_fallback(
-        self, features: torch.Tensor, options: DecodingOptions
-    ) -> list[DecodingResult]:
+    def decode_with_fallback(self, features: torch.Tensor, options: DecodingOptions) -> list[DecodingResult]:
         """Greedy decoding; windows that fail transcribe()'s quality checks retry, together, hotter."""
         results: list[DecodingResult | None] = [None] * len(features)
         pending = list(range(len(features)))
@@ -240,9 +211,7 @@ class Transcriber:
             attempt = replace(options, temperature=temperature)
             for first in range(0, len(pending), self.max_windows_per_pass):
                 chunk = pending[first : first + self.max_windows_per_pass]
-                for index, result in zip(
-                    chunk, whisper.decode(self.model, features[chunk], attempt), strict=True
-                ):
+                for index, result in zip(chunk, whisper.decode(self.model, features[chunk], attempt), strict=True):
                     results[index] = result
             pending = [i for i in pending if needs_fallback(results[i])]
             if not pending:
@@ -251,21 +220,13 @@ class Transcriber:
 
     def transcribe_batch(self, jobs: Sequence[AudioJob]) -> list[Transcript]:
         """Transcribe every job with one encoder pass over all their windows and batched decodes."""
-        windows = [
-            w
-            for index, job in enumerate(jobs)
-            for w in split_waveform(job.waveform, index)
-        ]
+        windows = [w for index, job in enumerate(jobs) for w in split_waveform(job.waveform, index)]
         self.last_window_count = len(windows)
-        features = self.encode(
-            [jobs[w.request_index].waveform[w.start : w.end] for w in windows]
-        )
+        features = self.encode([jobs[w.request_index].waveform[w.start : w.end] for w in windows])
         first_window = {}
         for position, window in enumerate(windows):
             first_window.setdefault(window.request_index, position)
-        languages = self.languages(
-            jobs, features[[first_window[i] for i in range(len(jobs))]]
-        )
+        languages = self.languages(jobs, features[[first_window[i] for i in range(len(jobs))]])
 
         # windows of requests with the same decoding options share one batched decode
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -275,20 +236,14 @@ class Transcriber:
 
         segments: list[list[Segment]] = [[] for _ in jobs]
         for (language, task), positions in groups.items():
-            tokenizer = self.tokenizer(
-                jobs[windows[positions[0]].request_index].options, language
-            )
-            options = DecodingOptions(
-                task=task, language=language, without_timestamps=False, fp16=self.fp16
-            )
+            tokenizer = self.tokenizer(jobs[windows[positions[0]].request_index].options, language)
+            options = DecodingOptions(task=task, language=language, without_timestamps=False, fp16=self.fp16)
             for position, result in zip(
                 positions, self.decode_with_fallback(features[positions], options), strict=True
             ):
                 if not is_silence(result):
                     window = windows[position]
-                    segments[window.request_index].extend(
-                        window_segments(result, window, tokenizer)
-                    )
+                    segments[window.request_index].extend(window_segments(result, window, tokenizer))
 
         return [
             Transcript(
@@ -300,9 +255,7 @@ class Transcriber:
             for job, language, job_segments in zip(jobs, languages, segments, strict=True)
         ]
 
-    def transcribe_isolated(
-        self, jobs: Sequence[AudioJob]
-    ) -> list[Transcript | ItemError]:
+    def transcribe_isolated(self, jobs: Sequence[AudioJob]) -> list[Transcript | ItemError]:
         """Like transcribe_batch, but a failure costs only the job that causes it.
 
         A failed batch is halved and retried, so a job that breaks the model (or a batch too large
@@ -322,6 +275,4 @@ class Transcriber:
             if isinstance(error, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             middle = len(jobs) // 2
-            return self.transcribe_isolated(jobs[:middle]) + self.transcribe_isolated(
-                jobs[middle:]
-            )
+            return self.transcribe_isolated(jobs[:middle]) + self.transcribe_isolated(jobs[middle:])

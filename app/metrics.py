@@ -49,9 +49,7 @@ DECODE_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
-BATCH_SIZE = Histogram(
-    "whisper_batch_size", "Requests per model pass.", ["worker"], buckets=COUNT_BUCKETS
-)
+BATCH_SIZE = Histogram("whisper_batch_size", "Requests per model pass.", ["worker"], buckets=COUNT_BUCKETS)
 BATCH_WINDOWS = Histogram(
     "whisper_batch_windows",
     "30-second windows per model pass.",
@@ -70,9 +68,7 @@ INFERENCE_SECONDS = Histogram(
     ["worker"],
     buckets=LATENCY_BUCKETS,
 )
-AUDIO_SECONDS = Counter(
-    "whisper_audio_seconds_total", "Seconds of audio transcribed.", ["worker"]
-)
+AUDIO_SECONDS = Counter("whisper_audio_seconds_total", "Seconds of audio transcribed.", ["worker"])
 
 
 def clear_multiprocess_dir() -> None:

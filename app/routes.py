@@ -36,9 +36,7 @@ def transcription_options(fields: Mapping[str, str]) -> TranscriptionOptions:
     """Validate the optional form fields of /transcribe."""
     task = fields.get("task") or "transcribe"
     if task not in TASKS:
-        raise RequestError(
-            Reason.BAD_OPTION, f"task must be one of {', '.join(TASKS)}, not {task!r}"
-        )
+        raise RequestError(Reason.BAD_OPTION, f"task must be one of {', '.join(TASKS)}, not {task!r}")
     language = (fields.get("language") or "").strip().lower() or None
     return TranscriptionOptions(language=language, task=task)
 
@@ -48,10 +46,7 @@ def transcript_body(transcript: Transcript) -> dict:
         "transcription": transcript.text,
         "language": transcript.language,
         "duration": transcript.duration,
-        "segments": [
-            {"start": s.start, "end": s.end, "text": s.text.strip()}
-            for s in transcript.segments
-        ],
+        "segments": [{"start": s.start, "end": s.end, "text": s.text.strip()} for s in transcript.segments],
     }
 
 
@@ -74,9 +69,7 @@ class TranscriptionRoutes(LitSpec):
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state["_decode_slots"] = (
-            None  # belongs to an HTTP process's event loop; never pickled to workers
-        )
+        state["_decode_slots"] = None  # belongs to an HTTP process's event loop; never pickled to workers
         return state
 
     async def submit(self, request: QueuedRequest) -> Transcript | ItemError:
@@ -105,9 +98,7 @@ class TranscriptionRoutes(LitSpec):
             self._decode_slots = asyncio.Semaphore(self.settings.decode_concurrency)
         async with self._decode_slots:
             with metrics.DECODE_SECONDS.time():
-                await decode_upload(
-                    files.upload, files.waveform, self.settings.request_timeout
-                )
+                await decode_upload(files.upload, files.waveform, self.settings.request_timeout)
         files.upload.unlink()
 
     async def transcribe(self, request: Request) -> Response:
@@ -118,9 +109,7 @@ class TranscriptionRoutes(LitSpec):
             upload = await receive_upload(request, files.upload)
             options = transcription_options(upload.fields)
             await self.decode(files)
-            result = await self.submit(
-                QueuedRequest(str(files.waveform), options, time.monotonic())
-            )
+            result = await self.submit(QueuedRequest(str(files.waveform), options, time.monotonic()))
         except RequestError as error:
             result = error.error
         except OSError as error:
@@ -140,7 +129,5 @@ class TranscriptionRoutes(LitSpec):
         else:
             response = JSONResponse(transcript_body(result))
         metrics.REQUESTS.labels(TRANSCRIBE_PATH, str(response.status_code)).inc()
-        metrics.REQUEST_SECONDS.labels(TRANSCRIBE_PATH).observe(
-            time.monotonic() - started
-        )
+        metrics.REQUEST_SECONDS.labels(TRANSCRIBE_PATH).observe(time.monotonic() - started)
         return response

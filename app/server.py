@@ -39,9 +39,7 @@ def build_server(settings: Settings) -> ls.LitServer:
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
-    server.app.add_api_route(
-        "/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False
-    )
+    server.app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     return server
 
 

@@ -85,9 +85,7 @@ class _FormReceiver:
             self.upload.file_field = name
             self._writing_audio = True
         elif len(self.upload.fields) >= MAX_FIELDS:
-            raise RequestError(
-                Reason.BAD_FORM, f"the form has more than {MAX_FIELDS} fields"
-            )
+            raise RequestError(Reason.BAD_FORM, f"the form has more than {MAX_FIELDS} fields")
         self._field_name = name
         self._field_bytes = bytearray()
 
@@ -112,9 +110,7 @@ class _FormReceiver:
                 Reason.BAD_FORM,
                 f"form field {self._field_name!r} is given more than once",
             )
-        self.upload.fields[self._field_name] = self._field_bytes.decode(
-            "utf-8", errors="replace"
-        )
+        self.upload.fields[self._field_name] = self._field_bytes.decode("utf-8", errors="replace")
 
 
 async def receive_upload(request: Request, destination: Path) -> Upload:
@@ -127,26 +123,18 @@ async def receive_upload(request: Request, destination: Path) -> Upload:
         )
     with destination.open("wb") as audio:
         receiver = _FormReceiver(audio)
-        callbacks = {
-            name: getattr(receiver, name)
-            for name in dir(receiver)
-            if name.startswith("on_")
-        }
+        callbacks = {name: getattr(receiver, name) for name in dir(receiver) if name.startswith("on_")}
         parser = MultipartParser(params[b"boundary"], callbacks)
         try:
             async for chunk in request.stream():
                 parser.write(chunk)
             parser.finalize()
         except ClientDisconnect:
-            raise RequestError(
-                Reason.BAD_FORM, "the client disconnected before the upload finished"
-            ) from None
+            raise RequestError(Reason.BAD_FORM, "the client disconnected before the upload finished") from None
         except RequestError:
             raise
         except Exception as error:
-            raise RequestError(
-                Reason.BAD_FORM, f"the multipart body is malformed: {error}"
-            ) from None
+            raise RequestError(Reason.BAD_FORM, f"the multipart body is malformed: {error}") from None
     if receiver.upload.file_field is None:
         raise RequestError(
             Reason.MISSING_FILE,

@@ -14,7 +14,7 @@ import whisper
 from whisper.model import ModelDimensions, Whisper
 
 from app import ctranslate2_import
-from tests.speech import speak
+from tests.speech import SENTENCES, convert, long_speech, speak
 
 SPEECH_TEXT = "hello world, this is a test"
 
@@ -60,3 +60,36 @@ def speech_mel(speech_wav: Path) -> torch.Tensor:
     """Log-mel (80, 3000) of `speech_wav`, padded to Whisper's 30 s window."""
     audio = whisper.pad_or_trim(whisper.load_audio(str(speech_wav)))
     return whisper.log_mel_spectrogram(audio)
+
+
+@pytest.fixture(scope="session")
+def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("audio")
+
+
+@pytest.fixture(scope="session")
+def fox_wav(audio_dir: Path) -> Path:
+    return speak(SENTENCES[0], audio_dir / "fox.wav")
+
+
+@pytest.fixture(scope="session")
+def five_second_clips(audio_dir: Path) -> list[Path]:
+    """Eight different spoken clips of about five seconds each."""
+    return [speak(sentence, audio_dir / f"clip{i}.wav") for i, sentence in enumerate(SENTENCES)]
+
+
+@pytest.fixture(scope="session")
+def minute_long_wav(audio_dir: Path) -> Path:
+    folder = audio_dir / "long"
+    folder.mkdir()
+    return long_speech(folder / "long.wav", minimum_seconds=65)
+
+
+@pytest.fixture(scope="session")
+def fox_mp3(fox_wav: Path) -> Path:
+    return convert(fox_wav, fox_wav.with_suffix(".mp3"))
+
+
+@pytest.fixture(scope="session")
+def fox_ogg(fox_wav: Path) -> Path:
+    return convert(fox_wav, fox_wav.with_suffix(".ogg"), "-c:a", "libvorbis")

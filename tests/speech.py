@@ -62,8 +62,22 @@ def long_speech(destination: Path, minimum_seconds: float) -> Path:
     listing = destination.parent / "parts.txt"
     listing.write_text("".join(f"file '{p}'\n" for p in parts))
     subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
-         "-c", "copy", str(destination)],
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            str(listing),
+            "-c",
+            "copy",
+            str(destination),
+        ],
         check=True,
     )
     for part in parts:
