@@ -11,7 +11,8 @@ import errno
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
@@ -39,6 +40,21 @@ def transcription_options(fields: Mapping[str, str]) -> TranscriptionOptions:
         raise RequestError(Reason.BAD_OPTION, f"task must be one of {', '.join(TASKS)}, not {task!r}")
     language = (fields.get("language") or "").strip().lower() or None
     return TranscriptionOptions(language=language, task=task)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a route asks of the model worker, and how it turns the result into its response."""
+
+    work: TranscriptionOptions
+    render: Callable[[Transcript], Response]
+
+
+ErrorRenderer = Callable[[ItemError], Response]
+
+
+def transcribe_plan(fields: Mapping[str, str]) -> Plan:
+    return Plan(transcription_options(fields), lambda transcript: JSONResponse(transcript_body(transcript)))
 
 
 def transcript_body(transcript: Transcript) -> dict:
@@ -101,33 +117,36 @@ class TranscriptionRoutes(LitSpec):
                 await decode_upload(files.upload, files.waveform, self.settings.request_timeout)
         files.upload.unlink()
 
-    async def transcribe(self, request: Request) -> Response:
+    async def handle(
+        self, request: Request, route: str, plan: Callable[[Mapping[str, str]], Plan], render_error: ErrorRenderer
+    ) -> Response:
+        """The life of one upload: receive, validate, decode, queue, answer; temp files always removed."""
         started = time.monotonic()
         metrics.IN_FLIGHT.inc()
         files = RequestFiles.create(self.settings.tmp_dir)
         try:
             upload = await receive_upload(request, files.upload)
-            options = transcription_options(upload.fields)
+            planned = plan(upload.fields)
             await self.decode(files)
-            result = await self.submit(QueuedRequest(str(files.waveform), options, time.monotonic()))
+            result = await self.submit(QueuedRequest(str(files.waveform), planned.work, time.monotonic()))
         except RequestError as error:
             result = error.error
         except OSError as error:
             if error.errno not in STORAGE_FULL_ERRNOS:
                 raise
             log.error("request storage is full: %s", error)
-            result = ItemError(
-                Reason.STORAGE_FULL,
-                "the server could not store the upload; try again later",
-            )
+            result = ItemError(Reason.STORAGE_FULL, "the server could not store the upload; try again later")
         finally:
             files.remove()
             metrics.IN_FLIGHT.dec()
         if isinstance(result, ItemError):
             metrics.ERRORS.labels(result.reason.value).inc()
-            response = error_response(result)
+            response = render_error(result)
         else:
-            response = JSONResponse(transcript_body(result))
-        metrics.REQUESTS.labels(TRANSCRIBE_PATH, str(response.status_code)).inc()
-        metrics.REQUEST_SECONDS.labels(TRANSCRIBE_PATH).observe(time.monotonic() - started)
+            response = planned.render(result)
+        metrics.REQUESTS.labels(route, str(response.status_code)).inc()
+        metrics.REQUEST_SECONDS.labels(route).observe(time.monotonic() - started)
         return response
+
+    async def transcribe(self, request: Request) -> Response:
+        return await self.handle(request, TRANSCRIBE_PATH, transcribe_plan, error_response)
