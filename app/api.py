@@ -19,11 +19,16 @@ from whisper.audio import SAMPLE_RATE
 from app import metrics
 from app.audio import load_waveform
 from app.config import Settings
-from app.engine import AudioJob, Transcriber, Transcript, TranscriptionOptions
+from app.engine import AudioJob, LanguageDetection, LanguageGuess, Transcriber, TranscriptionOptions
 from app.errors import ItemError, Reason
 from app.models import default_model_spec, load_model
+from app.transcript import Transcript
 
 log = logging.getLogger(__name__)
+
+
+# what the worker hands back for one request
+Outcome = Transcript | LanguageGuess | ItemError
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,7 @@ class QueuedRequest:
     """What the HTTP process puts on the worker queue: a path on the tmpfs, never the bytes."""
 
     waveform_path: str
-    options: TranscriptionOptions
+    work: TranscriptionOptions | LanguageDetection
     submitted_at: float  # time.monotonic(), which is system-wide on Linux
 
 
@@ -63,7 +68,7 @@ class WhisperLitAPI(ls.LitAPI):
     def decode_request(self, request: QueuedRequest) -> AudioJob | ItemError:
         metrics.QUEUE_WAIT.labels(self.worker_label).observe(time.monotonic() - request.submitted_at)
         try:
-            return AudioJob(load_waveform(Path(request.waveform_path)), request.options)
+            return AudioJob(load_waveform(Path(request.waveform_path)), request.work)
         except OSError as error:
             return ItemError(
                 Reason.INFERENCE_FAILED,
@@ -73,12 +78,12 @@ class WhisperLitAPI(ls.LitAPI):
     def batch(self, items: list[AudioJob | ItemError]) -> list[AudioJob | ItemError]:
         return items
 
-    def predict(self, items: list[AudioJob | ItemError]) -> list[Transcript | ItemError]:
+    def predict(self, items: list[AudioJob | ItemError]) -> list[Outcome]:
         jobs = [item for item in items if isinstance(item, AudioJob)]
         if not jobs:
             return items
         started = time.monotonic()
-        results = iter(self.transcriber.transcribe_isolated(jobs))
+        results = iter(self.transcriber.run_isolated(jobs))
         label = self.worker_label
         metrics.INFERENCE_SECONDS.labels(label).observe(time.monotonic() - started)
         metrics.BATCH_SIZE.labels(label).observe(len(jobs))
@@ -86,8 +91,8 @@ class WhisperLitAPI(ls.LitAPI):
         metrics.AUDIO_SECONDS.labels(label).inc(sum(len(job.waveform) for job in jobs) / SAMPLE_RATE)
         return [next(results) if isinstance(item, AudioJob) else item for item in items]
 
-    def unbatch(self, results: list[Transcript | ItemError]) -> list[Transcript | ItemError]:
+    def unbatch(self, results: list[Outcome]) -> list[Outcome]:
         return results
 
-    def encode_response(self, result: Transcript | ItemError) -> Transcript | ItemError:
+    def encode_response(self, result: Outcome) -> Outcome:
         return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -19,8 +19,10 @@ from whisper.decoding import DecodingOptions, DecodingResult, detect_language
 from whisper.model import Whisper
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
+from app.alignment import add_words
 from app.errors import ItemError, Reason
-from app.windows import Window, split_waveform
+from app.transcript import Segment, Transcript, window_segments
+from app.windows import split_waveform
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +31,43 @@ TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOGPROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
-# seconds per timestamp token: the encoder halves the mel frame rate
-TIME_PRECISION = 2 * HOP_LENGTH / SAMPLE_RATE
 TASKS = ("transcribe", "translate")
+# languages listed by POST /detect-language
+LANGUAGE_CANDIDATES = 5
 
 
 @dataclass(frozen=True)
 class TranscriptionOptions:
-    """What one request asks of the model; requests with equal options decode in one group."""
+    """What one request asks of the model; requests with equal decoding options share one decode."""
 
     # ISO code such as "en"; None detects it from the first 30 s
     language: str | None = None
     # "transcribe" keeps the spoken language, "translate" produces English
     task: str = "transcribe"
+    # text that conditions every window of the request (names, spelling, style)
+    prompt: str | None = None
+    # None or 0: greedy with transcribe()'s fallback ladder; above 0: sample at exactly that temperature
+    temperature: float | None = None
+    # time each word by cross-attention alignment (one extra decoder pass per window)
+    word_timestamps: bool = False
+
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        return (self.temperature,) if self.temperature else TEMPERATURES
+
+
+@dataclass(frozen=True)
+class LanguageDetection:
+    """A request for the spoken language of the first 30 s, answered from the batch's encoder pass."""
+
+
+@dataclass(frozen=True)
+class LanguageGuess:
+    """The most likely language and the top candidates, as (code, probability) pairs."""
+
+    language: str
+    probability: float
+    candidates: tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True)
@@ -49,31 +75,7 @@ class AudioJob:
     """One request's waveform (16 kHz mono float32) and its options."""
 
     waveform: np.ndarray
-    options: TranscriptionOptions = TranscriptionOptions()
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A stretch of speech with times relative to the start of the whole file."""
-
-    start: float
-    end: float
-    text: str
-    tokens: tuple[int, ...]
-    temperature: float
-    avg_logprob: float
-    compression_ratio: float
-    no_speech_prob: float
-
-
-@dataclass
-class Transcript:
-    """The stitched result of one request."""
-
-    text: str
-    language: str
-    duration: float
-    segments: list[Segment] = field(default_factory=list)
+    options: TranscriptionOptions | LanguageDetection = TranscriptionOptions()
 
 
 def log_mel_batch(windows: Sequence[np.ndarray], n_mels: int, device: torch.device) -> torch.Tensor:
@@ -108,54 +110,6 @@ def is_silence(result: DecodingResult) -> bool:
     return result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob <= LOGPROB_THRESHOLD
 
 
-def window_segments(result: DecodingResult, window: Window, tokenizer: Tokenizer) -> list[Segment]:
-    """Split one window's tokens at timestamp pairs, as transcribe() does, into file-relative segments.
-
-    transcribe() would re-decode from the last timestamp when a window ends mid-segment; our windows
-    are cut in pauses and decoded together, so a trailing unfinished segment ends at the window's end.
-    """
-    tokens = list(result.tokens)
-    begin = tokenizer.timestamp_begin
-
-    def segment(piece: list[int], start: float, end: float) -> Segment:
-        return Segment(
-            start=round(window.offset_seconds + start, 3),
-            end=round(window.offset_seconds + min(end, window.duration_seconds), 3),
-            text=tokenizer.decode([t for t in piece if t < tokenizer.eot]),
-            tokens=tuple(piece),
-            temperature=result.temperature,
-            avg_logprob=result.avg_logprob,
-            compression_ratio=result.compression_ratio,
-            no_speech_prob=result.no_speech_prob,
-        )
-
-    is_timestamp = [t >= begin for t in tokens]
-    pair_ends = [i + 1 for i in range(len(tokens) - 1) if is_timestamp[i] and is_timestamp[i + 1]]
-    if not pair_ends:
-        stamps = [t - begin for t in tokens if t >= begin]
-        end = stamps[-1] * TIME_PRECISION if stamps and stamps[-1] > 0 else window.duration_seconds
-        return [segment(tokens, 0.0, end)] if tokens else []
-    segments = []
-    last = 0
-    for current in pair_ends:
-        piece = tokens[last:current]
-        segments.append(
-            segment(
-                piece,
-                (piece[0] - begin) * TIME_PRECISION,
-                (piece[-1] - begin) * TIME_PRECISION,
-            )
-        )
-        last = current
-    tail = tokens[last:]
-    if any(t < begin for t in tail):
-        start = (tail[0] - begin) * TIME_PRECISION if tail[0] >= begin else segments[-1].end - window.offset_seconds
-        # a single closing timestamp ends the segment; without one it runs to the window's end
-        end = (tail[-1] - begin) * TIME_PRECISION if tail[-1] >= begin else window.duration_seconds
-        segments.append(segment(tail, start, end))
-    return [s for s in segments if s.text.strip()]
-
-
 class Transcriber:
     """Batched Whisper inference over many requests' waveforms at once.
 
@@ -172,12 +126,9 @@ class Transcriber:
         self.max_windows_per_pass = max_windows_per_pass
         self.last_window_count = 0
 
-    def tokenizer(self, options: TranscriptionOptions, language: str) -> Tokenizer:
+    def tokenizer(self, task: str, language: str) -> Tokenizer:
         return get_tokenizer(
-            self.model.is_multilingual,
-            num_languages=self.model.num_languages,
-            language=language,
-            task=options.task,
+            self.model.is_multilingual, num_languages=self.model.num_languages, language=language, task=task
         )
 
     @torch.inference_mode()
@@ -203,11 +154,13 @@ class Transcriber:
         return [job.options.language or detected[i] for i, job in enumerate(jobs)]
 
     @torch.inference_mode()
-    def decode_with_fallback(self, features: torch.Tensor, options: DecodingOptions) -> list[DecodingResult]:
+    def decode_with_fallback(
+        self, features: torch.Tensor, options: DecodingOptions, temperatures: Sequence[float] = TEMPERATURES
+    ) -> list[DecodingResult]:
         """Greedy decoding; windows that fail transcribe()'s quality checks retry, together, hotter."""
         results: list[DecodingResult | None] = [None] * len(features)
         pending = list(range(len(features)))
-        for temperature in TEMPERATURES:
+        for temperature in temperatures:
             attempt = replace(options, temperature=temperature)
             for first in range(0, len(pending), self.max_windows_per_pass):
                 chunk = pending[first : first + self.max_windows_per_pass]
@@ -223,27 +176,37 @@ class Transcriber:
         windows = [w for index, job in enumerate(jobs) for w in split_waveform(job.waveform, index)]
         self.last_window_count = len(windows)
         features = self.encode([jobs[w.request_index].waveform[w.start : w.end] for w in windows])
-        first_window = {}
+        first_window: dict[int, int] = {}
         for position, window in enumerate(windows):
             first_window.setdefault(window.request_index, position)
         languages = self.languages(jobs, features[[first_window[i] for i in range(len(jobs))]])
 
-        # windows of requests with the same decoding options share one batched decode
-        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        # windows of requests whose decoding options agree share one batched decode
+        groups: dict[tuple, list[int]] = defaultdict(list)
         for position, window in enumerate(windows):
-            index = window.request_index
-            groups[(languages[index], jobs[index].options.task)].append(position)
+            options = jobs[window.request_index].options
+            key = (languages[window.request_index], options.task, options.prompt, options.temperatures)
+            groups[key].append(position)
 
         segments: list[list[Segment]] = [[] for _ in jobs]
-        for (language, task), positions in groups.items():
-            tokenizer = self.tokenizer(jobs[windows[positions[0]].request_index].options, language)
-            options = DecodingOptions(task=task, language=language, without_timestamps=False, fp16=self.fp16)
-            for position, result in zip(
-                positions, self.decode_with_fallback(features[positions], options), strict=True
-            ):
-                if not is_silence(result):
-                    window = windows[position]
-                    segments[window.request_index].extend(window_segments(result, window, tokenizer))
+        last_speech = [0.0] * len(jobs)
+        for (language, task, prompt, temperatures), positions in groups.items():
+            tokenizer = self.tokenizer(task, language)
+            decoding = DecodingOptions(
+                task=task, language=language, prompt=prompt, without_timestamps=False, fp16=self.fp16
+            )
+            results = self.decode_with_fallback(features[positions], decoding, temperatures)
+            for position, result in zip(positions, results, strict=True):
+                if is_silence(result):
+                    continue
+                window = windows[position]
+                index = window.request_index
+                found = window_segments(result, window, tokenizer)
+                if jobs[index].options.word_timestamps:
+                    found, last_speech[index] = add_words(
+                        self.model, tokenizer, window, features[position], found, last_speech[index]
+                    )
+                segments[index].extend(found)
 
         return [
             Transcript(
@@ -255,14 +218,40 @@ class Transcriber:
             for job, language, job_segments in zip(jobs, languages, segments, strict=True)
         ]
 
-    def transcribe_isolated(self, jobs: Sequence[AudioJob]) -> list[Transcript | ItemError]:
-        """Like transcribe_batch, but a failure costs only the job that causes it.
+    def detect_languages(self, waveforms: Sequence[np.ndarray]) -> list[LanguageGuess]:
+        """The language of each waveform's first 30 s, from one batched encoder pass."""
+        if not self.model.is_multilingual:
+            return [LanguageGuess("en", 1.0, (("en", 1.0),))] * len(waveforms)
+        features = self.encode([waveform[:N_SAMPLES] for waveform in waveforms])
+        with torch.inference_mode():
+            _, probabilities = detect_language(self.model, features)
+        guesses = []
+        for distribution in probabilities:
+            ranked = sorted(distribution.items(), key=lambda pair: pair[1], reverse=True)[:LANGUAGE_CANDIDATES]
+            guesses.append(LanguageGuess(ranked[0][0], ranked[0][1], tuple(ranked)))
+        return guesses
+
+    def run_batch(self, jobs: Sequence[AudioJob]) -> list[Transcript | LanguageGuess]:
+        """Answer a mixed batch: transcriptions and language detections, each kind in one pass."""
+        results: list[Transcript | LanguageGuess | None] = [None] * len(jobs)
+        transcribe = [i for i, job in enumerate(jobs) if isinstance(job.options, TranscriptionOptions)]
+        detect = [i for i, job in enumerate(jobs) if isinstance(job.options, LanguageDetection)]
+        if transcribe:
+            for i, transcript in zip(transcribe, self.transcribe_batch([jobs[i] for i in transcribe]), strict=True):
+                results[i] = transcript
+        if detect:
+            for i, guess in zip(detect, self.detect_languages([jobs[i].waveform for i in detect]), strict=True):
+                results[i] = guess
+        return results
+
+    def run_isolated(self, jobs: Sequence[AudioJob]) -> list[Transcript | LanguageGuess | ItemError]:
+        """Like run_batch, but a failure costs only the job that causes it.
 
         A failed batch is halved and retried, so a job that breaks the model (or a batch too large
         for the GPU's memory) ends with its own error while its neighbours still succeed.
         """
         try:
-            return list(self.transcribe_batch(jobs))
+            return list(self.run_batch(jobs))
         except Exception as error:
             if len(jobs) == 1:
                 log.exception("inference failed for one request")
@@ -275,4 +264,4 @@ class Transcriber:
             if isinstance(error, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             middle = len(jobs) // 2
-            return self.transcribe_isolated(jobs[:middle]) + self.transcribe_isolated(jobs[middle:])
+            return self.run_isolated(jobs[:middle]) + self.run_isolated(jobs[middle:])

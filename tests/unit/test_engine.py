@@ -15,8 +15,9 @@ from whisper.decoding import DecodingResult
 from whisper.model import Whisper
 from whisper.tokenizer import get_tokenizer
 
-from app.engine import AudioJob, Transcriber, Transcript, log_mel_batch, needs_fallback, window_segments
+from app.engine import AudioJob, Transcriber, log_mel_batch, needs_fallback
 from app.errors import ItemError, Reason
+from app.transcript import Transcript, window_segments
 from app.windows import Window
 
 
@@ -133,7 +134,7 @@ def test_a_failing_job_fails_alone(transcriber: Transcriber, five_second_clips: 
 
     monkeypatch.setattr(Transcriber, "transcribe_batch", breaks_on_poison)
     good = [AudioJob(whisper.load_audio(str(p))) for p in five_second_clips[:3]]
-    results = transcriber.transcribe_isolated([good[0], AudioJob(poison), good[1], good[2]])
+    results = transcriber.run_isolated([good[0], AudioJob(poison), good[1], good[2]])
     assert [type(r) for r in results] == [Transcript, ItemError, Transcript, Transcript]
     assert results[1].reason is Reason.INFERENCE_FAILED and results[1].status == 500
     assert "fox" in results[0].text.lower()
