@@ -19,6 +19,7 @@ from app.errors import Reason, RequestError
 FILE_FIELDS = ("file", "content")
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 64
+ARRAY_SUFFIX = "[]"
 
 
 @dataclass
@@ -45,6 +46,8 @@ class Upload:
     file_size: int = 0
     file_field: str | None = None
     fields: dict[str, str] = field(default_factory=dict)
+    # fields sent as "name[]", possibly repeated (OpenAI's timestamp_granularities[]), under "name"
+    lists: dict[str, list[str]] = field(default_factory=dict)
 
 
 class _FormReceiver:
@@ -105,12 +108,13 @@ class _FormReceiver:
         if self._writing_audio:
             self._writing_audio = False
             return
+        value = self._field_bytes.decode("utf-8", errors="replace")
+        if self._field_name.endswith(ARRAY_SUFFIX):
+            self.upload.lists.setdefault(self._field_name.removesuffix(ARRAY_SUFFIX), []).append(value)
+            return
         if self._field_name in self.upload.fields:
-            raise RequestError(
-                Reason.BAD_FORM,
-                f"form field {self._field_name!r} is given more than once",
-            )
-        self.upload.fields[self._field_name] = self._field_bytes.decode("utf-8", errors="replace")
+            raise RequestError(Reason.BAD_FORM, f"form field {self._field_name!r} is given more than once")
+        self.upload.fields[self._field_name] = value
 
 
 async def receive_upload(request: Request, destination: Path) -> Upload:
