@@ -18,6 +18,7 @@ class Reason(str, Enum):
     UNREADABLE_AUDIO = "unreadable_audio"
     NO_AUDIO = "no_audio"
     BAD_OPTION = "bad_option"
+    UNKNOWN_MODEL = "unknown_model"
     TIMEOUT = "timeout"
     STORAGE_FULL = "storage_full"
     INFERENCE_FAILED = "inference_failed"
@@ -28,6 +29,7 @@ STATUS_BY_REASON: dict[Reason, int] = {
     Reason.MISSING_FILE: 400,
     Reason.BAD_FORM: 400,
     Reason.BAD_OPTION: 400,
+    Reason.UNKNOWN_MODEL: 400,
     Reason.UNREADABLE_AUDIO: 415,
     Reason.NO_AUDIO: 415,
     Reason.TIMEOUT: 504,
@@ -42,6 +44,8 @@ class ItemError:
 
     reason: Reason
     message: str
+    # the request field at fault, where there is one (OpenAI's error shape reports it)
+    param: str | None = None
 
     @property
     def status(self) -> int:
@@ -51,6 +55,6 @@ class ItemError:
 class RequestError(Exception):
     """Raised inside one request's own code path; converted to an `ItemError` at its edge."""
 
-    def __init__(self, reason: Reason, message: str) -> None:
+    def __init__(self, reason: Reason, message: str, param: str | None = None) -> None:
         super().__init__(message)
-        self.error = ItemError(reason, message)
+        self.error = ItemError(reason, message, param)

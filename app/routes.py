@@ -1,4 +1,4 @@
-"""The HTTP side of transcription: POST /transcribe, run in LitServe's API server processes.
+"""The HTTP side: every upload route, run in LitServe's API server processes, and their one lifecycle.
 
 A LitSpec lets us own the route: the upload streams to the tmpfs and is decoded by ffmpeg here,
 in parallel across requests, and only a path and options cross the queue to the model worker.
@@ -11,66 +11,35 @@ import errno
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from functools import partial
 
+import torch
 from fastapi import Request, Response
-from fastapi.responses import JSONResponse
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
 
-from app import metrics
-from app.api import QueuedRequest
+from app import metrics, native_api, openai_api
+from app.api import Outcome, QueuedRequest
 from app.audio import decode_upload
 from app.config import Settings
-from app.engine import TASKS, Transcript, TranscriptionOptions
 from app.errors import ItemError, Reason, RequestError
-from app.uploads import RequestFiles, receive_upload
+from app.forms import ErrorRenderer, Plan
+from app.models import default_model_spec, model_display_name
+from app.native_api import DETECT_LANGUAGE_PATH, TRANSCRIBE_PATH
+from app.openai_api import OPENAI_MODEL_NAME, TRANSCRIPTIONS_PATH, TRANSLATIONS_PATH
+from app.uploads import RequestFiles, Upload, receive_upload
 
 log = logging.getLogger(__name__)
 
-TRANSCRIBE_PATH = "/transcribe"
+Endpoint = Callable[[Request], Awaitable[Response]]
 STORAGE_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-def transcription_options(fields: Mapping[str, str]) -> TranscriptionOptions:
-    """Validate the optional form fields of /transcribe."""
-    task = fields.get("task") or "transcribe"
-    if task not in TASKS:
-        raise RequestError(Reason.BAD_OPTION, f"task must be one of {', '.join(TASKS)}, not {task!r}")
-    language = (fields.get("language") or "").strip().lower() or None
-    return TranscriptionOptions(language=language, task=task)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a route asks of the model worker, and how it turns the result into its response."""
-
-    work: TranscriptionOptions
-    render: Callable[[Transcript], Response]
-
-
-ErrorRenderer = Callable[[ItemError], Response]
-
-
-def transcribe_plan(fields: Mapping[str, str]) -> Plan:
-    return Plan(transcription_options(fields), lambda transcript: JSONResponse(transcript_body(transcript)))
-
-
-def transcript_body(transcript: Transcript) -> dict:
-    return {
-        "transcription": transcript.text,
-        "language": transcript.language,
-        "duration": transcript.duration,
-        "segments": [{"start": s.start, "end": s.end, "text": s.text.strip()} for s in transcript.segments],
-    }
-
-
-def error_response(error: ItemError) -> JSONResponse:
-    return JSONResponse(
-        {"detail": error.message, "reason": error.reason.value},
-        status_code=error.status,
-    )
+def served_model_names(settings: Settings) -> tuple[str, ...]:
+    """Names a client may ask for: OpenAI's alias and the loaded model's own name."""
+    spec = settings.model or default_model_spec(torch.cuda.is_available())
+    return (OPENAI_MODEL_NAME, model_display_name(spec))
 
 
 class TranscriptionRoutes(LitSpec):
@@ -80,15 +49,34 @@ class TranscriptionRoutes(LitSpec):
         super().__init__()
         self.settings = settings
         self.api_path = TRANSCRIBE_PATH
-        self.add_endpoint(TRANSCRIBE_PATH, self.transcribe, ["POST"])
+        served = served_model_names(settings)
+        routes = {
+            TRANSCRIBE_PATH: (native_api.transcribe_plan, native_api.error_response),
+            DETECT_LANGUAGE_PATH: (native_api.detect_language_plan, native_api.error_response),
+            TRANSCRIPTIONS_PATH: (
+                partial(openai_api.plan, task="transcribe", served=served),
+                openai_api.error_response,
+            ),
+            TRANSLATIONS_PATH: (partial(openai_api.plan, task="translate", served=served), openai_api.error_response),
+        }
+        for path, (plan, render_error) in routes.items():
+            self.add_endpoint(path, self.endpoint(path, plan, render_error), ["POST"])
         self._decode_slots: asyncio.Semaphore | None = None
+
+    def endpoint(self, route: str, plan: Callable[[Upload], Plan], render_error: ErrorRenderer) -> Endpoint:
+        async def receive(request: Request) -> Response:
+            return await self.handle(request, route, plan, render_error)
+
+        return receive
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state["_decode_slots"] = None  # belongs to an HTTP process's event loop; never pickled to workers
+        # the event-loop semaphore and the route closures live in HTTP processes; workers need neither
+        state["_decode_slots"] = None
+        state["_endpoints"] = []
         return state
 
-    async def submit(self, request: QueuedRequest) -> Transcript | ItemError:
+    async def submit(self, request: QueuedRequest) -> Outcome:
         """Queue one decoded request for the model worker and wait for its own result."""
         uid = uuid.uuid4()
         event = asyncio.Event()
@@ -118,7 +106,7 @@ class TranscriptionRoutes(LitSpec):
         files.upload.unlink()
 
     async def handle(
-        self, request: Request, route: str, plan: Callable[[Mapping[str, str]], Plan], render_error: ErrorRenderer
+        self, request: Request, route: str, plan: Callable[[Upload], Plan], render_error: ErrorRenderer
     ) -> Response:
         """The life of one upload: receive, validate, decode, queue, answer; temp files always removed."""
         started = time.monotonic()
@@ -126,7 +114,7 @@ class TranscriptionRoutes(LitSpec):
         files = RequestFiles.create(self.settings.tmp_dir)
         try:
             upload = await receive_upload(request, files.upload)
-            planned = plan(upload.fields)
+            planned = plan(upload)
             await self.decode(files)
             result = await self.submit(QueuedRequest(str(files.waveform), planned.work, time.monotonic()))
         except RequestError as error:
@@ -147,6 +135,3 @@ class TranscriptionRoutes(LitSpec):
         metrics.REQUESTS.labels(route, str(response.status_code)).inc()
         metrics.REQUEST_SECONDS.labels(route).observe(time.monotonic() - started)
         return response
-
-    async def transcribe(self, request: Request) -> Response:
-        return await self.handle(request, TRANSCRIBE_PATH, transcribe_plan, error_response)
