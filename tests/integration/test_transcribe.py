@@ -17,16 +17,21 @@ from tests.speech import duration_seconds
 pytestmark = pytest.mark.integration
 
 
-def send_together(service: ServiceProcess, uploads: list[Path]) -> list[requests.Response]:
+def send_together(
+    service: ServiceProcess, uploads: list[Path], routes: list[str] | None = None, **form: str
+) -> list[requests.Response]:
     """POST every upload at the same moment (a barrier releases all threads at once)."""
     barrier = threading.Barrier(len(uploads))
+    routes = routes or ["/transcribe"] * len(uploads)
 
-    def send(path: Path) -> requests.Response:
+    def send(upload: Path, route: str) -> requests.Response:
+        with upload.open("rb") as audio:
+            body = audio.read()
         barrier.wait()
-        return service.transcribe(path)
+        return requests.post(f"{service.url}{route}", files={"file": (upload.name, body)}, data=form, timeout=300)
 
     with ThreadPoolExecutor(len(uploads)) as pool:
-        return list(pool.map(send, uploads))
+        return list(pool.map(send, uploads, routes))
 
 
 def histogram_delta(service: ServiceProcess, action: Callable[[], object], name: str) -> dict[str, float]:
