@@ -16,7 +16,7 @@ import torch
 import whisper
 from whisper.model import Whisper
 
-from app import ctranslate2_import
+from app import ctranslate2_import, synthetic
 
 GPU_DEFAULT_MODEL = "medium"
 CPU_FALLBACK_MODEL = "tiny.en"
@@ -34,6 +34,7 @@ class SpecKind(enum.Enum):
     NAME = "name"
     CHECKPOINT = "checkpoint"
     CTRANSLATE2 = "ctranslate2"
+    SYNTHETIC = "synthetic"
 
 
 _LOAD_HINTS = {
@@ -41,6 +42,7 @@ _LOAD_HINTS = {
     "offline hosts need the .pt file there beforehand",
     SpecKind.CHECKPOINT: "expected an openai-whisper checkpoint with 'dims' and 'model_state_dict'",
     SpecKind.CTRANSLATE2: "the converted checkpoint is written to the cache dir",
+    SpecKind.SYNTHETIC: "synthetic models are built in memory from random weights",
 }
 
 
@@ -48,6 +50,12 @@ def classify_spec(spec: str) -> SpecKind:
     """Decide how `spec` is loaded, without loading anything; raises ModelLoadError."""
     if spec in whisper.available_models():
         return SpecKind.NAME
+    if synthetic.is_synthetic_spec(spec):
+        try:
+            synthetic.shape_of(spec)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        return SpecKind.SYNTHETIC
     path = Path(spec).expanduser()
     if path.is_dir():
         if ctranslate2_import.is_ctranslate2_folder(path):
@@ -128,6 +136,8 @@ def load_model(spec: str, device: str, cache_dir: Path) -> Whisper:
     try:
         if kind is SpecKind.NAME:
             return whisper.load_model(spec, device=device, download_root=str(cache_dir))
+        if kind is SpecKind.SYNTHETIC:
+            return synthetic.build_model(synthetic.shape_of(spec), device)
         path = Path(spec).expanduser()
         if kind is SpecKind.CHECKPOINT:
             return whisper.load_model(str(path), device=device)

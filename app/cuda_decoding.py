@@ -1,0 +1,449 @@
+"""Greedy decoding with a static KV cache, replayed as CUDA graphs, and the batch size that fits.
+
+whisper.decode launches every layer of every token step from Python (about 30 kernels a layer), grows
+its KV cache by concatenation and applies the timestamp rules row by row with a host sync per row: at
+the batch sizes a service sees, that loop is bound by the CPU, not by the GPU. Here a token step runs
+as captured CUDA graphs, one per stretch between two self-attentions, with logit filters and greedy
+choice on the device; only the self-attention itself is launched from Python, because its length
+grows each step and whisper's exact kernel (no mask) must see exactly the keys written so far. The
+tokens are therefore whisper's, bit for bit. whisper.decode still serves what this path does not
+cover (sampling, beam search).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+import whisper
+from torch import Tensor
+from whisper.decoding import ApplyTimestampRules, DecodingOptions, DecodingResult, DecodingTask
+from whisper.model import MultiHeadAttention, ResidualAttentionBlock, Whisper
+from whisper.tokenizer import Tokenizer
+from whisper.utils import compression_ratio
+
+log = logging.getLogger(__name__)
+
+NEG_INF = float("-inf")
+# batch sizes get a graph each: powers of two up to 16, then multiples of 16 (a padded row costs
+# a real row's work, so large batches are padded by at most 15 rows)
+SMALL_BUCKETS = (1, 2, 4, 8, 16)
+BUCKET_STEP = 16
+# share of the GPU memory free after loading the model that one worker's windows may take
+MEMORY_FRACTION = 0.9
+# encoder activations of one window, in units of one (n_audio_ctx, n_audio_state) float16 tensor:
+# the 4x MLP hidden layer, float32 LayerNorm copies, residuals and the features the engine keeps
+ENCODER_ACTIVATION_COPIES = 24
+
+
+class BatchDecoder(Protocol):
+    """Decodes encoder features of at most `capacity` windows per pass, like whisper.decode."""
+
+    capacity: int
+
+    def __call__(self, features: Tensor, options: DecodingOptions) -> list[DecodingResult]: ...
+
+
+class WhisperDecoder:
+    """whisper.decode itself: the path on the CPU, and the reference the graphed path must match."""
+
+    def __init__(self, model: Whisper, capacity: int) -> None:
+        self.model = model
+        self.capacity = capacity
+
+    def __call__(self, features: Tensor, options: DecodingOptions) -> list[DecodingResult]:
+        return whisper.decode(self.model, features, options)
+
+
+@dataclass(frozen=True)
+class GreedyPlan:
+    """What whisper's DecodingTask derives from DecodingOptions for greedy decoding, minus the language.
+
+    Requests in other languages share a plan, and so the captured graphs: only the initial tokens differ.
+    """
+
+    n_initial: int
+    sot_index: int
+    # whisper stops after sample_len tokens, or once the sequence outgrows the text context
+    max_tokens: int
+    suppress: tuple[int, ...]
+    # blank and end-of-text may not open a window (whisper's SuppressBlank)
+    suppress_first: tuple[int, ...]
+    timestamps: bool
+    max_initial_timestamp_index: int | None
+    eot: int
+    timestamp_begin: int
+    no_timestamps: int | None
+    no_speech: int | None
+
+
+def greedy_plan(model: Whisper, options: DecodingOptions) -> tuple[GreedyPlan, tuple[int, ...], Tokenizer] | None:
+    """(plan, initial tokens, tokenizer) for options the graphed path decodes exactly; else None."""
+    greedy = options.temperature == 0 and options.beam_size is None and options.best_of is None
+    if not greedy or options.language is None or options.task not in ("transcribe", "translate"):
+        return None
+    if not (whisper.model.SDPA_AVAILABLE and MultiHeadAttention.use_sdpa):
+        return None
+    # whisper's own derivation of tokens and filters, so both paths follow the same rules
+    task = DecodingTask(model, options)
+    tokenizer = task.tokenizer
+    timestamp_rules = [f for f in task.logit_filters if isinstance(f, ApplyTimestampRules)]
+    plan = GreedyPlan(
+        n_initial=len(task.initial_tokens),
+        sot_index=task.sot_index,
+        max_tokens=min(task.sample_len, task.n_ctx - len(task.initial_tokens) + 1),
+        suppress=task._get_suppress_tokens() if options.suppress_tokens else (),
+        suppress_first=tuple([*tokenizer.encode(" "), tokenizer.eot]) if options.suppress_blank else (),
+        timestamps=bool(timestamp_rules),
+        max_initial_timestamp_index=timestamp_rules[0].max_initial_timestamp_index if timestamp_rules else None,
+        eot=tokenizer.eot,
+        timestamp_begin=tokenizer.timestamp_begin,
+        no_timestamps=tokenizer.no_timestamps,
+        no_speech=tokenizer.no_speech,
+    )
+    return plan, task.initial_tokens, tokenizer
+
+
+def bytes_per_window(model: Whisper) -> int:
+    """GPU memory one window of a pass needs: its static caches plus its encoder activations."""
+    dims = model.dims
+    half = 2
+    cross_cache = 2 * dims.n_text_layer * dims.n_audio_ctx * dims.n_text_state * half
+    self_cache = 2 * dims.n_text_layer * dims.n_text_ctx * dims.n_text_state * half
+    encoder = ENCODER_ACTIVATION_COPIES * dims.n_audio_ctx * dims.n_audio_state * half
+    return cross_cache + self_cache + encoder
+
+
+def windows_that_fit(model: Whisper, requested: int) -> int:
+    """`requested`, or fewer windows per pass where the GPU's free memory holds fewer."""
+    free, _ = torch.cuda.mem_get_info(model.device)
+    fit = max(1, int(free * MEMORY_FRACTION) // bytes_per_window(model))
+    if fit < requested:
+        log.warning("%d windows per pass fit in free GPU memory; %d were asked for", fit, requested)
+    return min(requested, fit)
+
+
+@dataclass(frozen=True)
+class _PlanTensors:
+    """A plan's device-side constants, kept alive because captured graphs read them in place."""
+
+    initial: Tensor
+    suppress: Tensor | None
+    suppress_first: Tensor | None
+
+
+class GraphedGreedyDecoder:
+    """Greedy decoding of up to `capacity` windows per pass, token-for-token what whisper.decode gives.
+
+    >>> decode = GraphedGreedyDecoder(model, capacity=128)
+    >>> results = decode(features, DecodingOptions(language="en", fp16=True))
+    """
+
+    def __init__(self, model: Whisper, capacity: int, use_graphs: bool | None = None) -> None:
+        self.model = model
+        self.capacity = capacity
+        self.use_graphs = model.device.type == "cuda" if use_graphs is None else use_graphs
+        self.dtype = torch.float16 if model.device.type == "cuda" else torch.float32
+        dims = model.dims
+        self.n_head = dims.n_text_head
+
+        def zeros(*shape: int, dtype: torch.dtype = self.dtype) -> Tensor:
+            return torch.zeros(*shape, dtype=dtype, device=model.device)
+
+        layers, width = dims.n_text_layer, dims.n_text_state
+        self.features = zeros(capacity, dims.n_audio_ctx, dims.n_audio_state)
+        self.cross_keys = zeros(layers, capacity, dims.n_audio_ctx, width)
+        self.cross_values = zeros(layers, capacity, dims.n_audio_ctx, width)
+        self.self_keys = zeros(layers, capacity, dims.n_text_ctx, width)
+        self.self_values = zeros(layers, capacity, dims.n_text_ctx, width)
+        # whisper casts the float32 embedding for the output projection at every step; cast it once
+        self.embedding_t = model.decoder.token_embedding.weight.to(self.dtype).t()
+        self.positions = torch.arange(dims.n_text_ctx, device=model.device)
+        self.vocabulary = torch.arange(dims.n_vocab, device=model.device)
+        # per-row decoding state, updated in place so that every replay sees the same memory
+        self.next_token = zeros(capacity, dtype=torch.long)
+        self.sum_logprobs = zeros(capacity, dtype=torch.float32)
+        self.no_speech = zeros(capacity, dtype=torch.float32)
+        self.tokens = zeros(capacity, dims.n_text_ctx, dtype=torch.long)
+        self.last_is_timestamp = zeros(capacity, dtype=torch.bool)
+        self.penultimate_is_timestamp = zeros(capacity, dtype=torch.bool)
+        self.last_timestamp = zeros(capacity, dtype=torch.long)
+        self.padding = zeros(capacity, dtype=torch.bool)
+        # a step's activations between its graphs: the residual stream, a query, attended values
+        self.hidden = zeros(capacity, 1, width)
+        self.query = zeros(capacity, 1, width)
+        self.attended = zeros(capacity, 1, width)
+        self.sampled = zeros(1, dtype=torch.long)
+        self.finished = zeros((), dtype=torch.bool)
+        self.plan_tensors: dict[GreedyPlan, _PlanTensors] = {}
+        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self.graph_pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+
+    def __call__(self, features: Tensor, options: DecodingOptions) -> list[DecodingResult]:
+        prepared = greedy_plan(self.model, options) if features.dtype == self.dtype else None
+        if prepared is None:
+            return whisper.decode(self.model, features, options)
+        plan, initial_tokens, tokenizer = prepared
+        results = []
+        for first in range(0, len(features), self.capacity):
+            chunk = features[first : first + self.capacity]
+            tokens, sum_logprobs, no_speech = self._decode_chunk(chunk, plan, initial_tokens)
+            rows = zip(tokens, sum_logprobs, no_speech, strict=True)
+            for row, (sequence, logprob, no_speech_prob) in enumerate(rows):
+                if plan.eot in sequence:
+                    sequence = sequence[: sequence.index(plan.eot)]
+                text = tokenizer.decode(sequence).strip()
+                results.append(
+                    DecodingResult(
+                        audio_features=chunk[row],
+                        language=options.language,
+                        tokens=sequence,
+                        text=text,
+                        avg_logprob=logprob / (len(sequence) + 1),
+                        no_speech_prob=no_speech_prob if plan.no_speech is not None else math.nan,
+                        temperature=options.temperature,
+                        compression_ratio=compression_ratio(text),
+                    )
+                )
+        return results
+
+    def bucket(self, n_windows: int) -> int:
+        """Rows a pass of `n_windows` runs with: the batch size of a graph, at most `capacity`."""
+        size = next((s for s in SMALL_BUCKETS if s >= n_windows), math.ceil(n_windows / BUCKET_STEP) * BUCKET_STEP)
+        return min(size, self.capacity)
+
+    def _decode_chunk(
+        self, features: Tensor, plan: GreedyPlan, initial_tokens: tuple[int, ...]
+    ) -> tuple[list[list[int]], list[float], list[float]]:
+        n_windows = len(features)
+        rows = self.bucket(n_windows)
+        constants = self._constants(plan)
+        self.features[:n_windows].copy_(features)
+        constants.initial[:rows].copy_(torch.tensor(initial_tokens, device=features.device).expand(rows, -1))
+        self.padding[:rows].copy_(torch.arange(rows, device=features.device) >= n_windows)
+        self._launch(("prefill", plan, rows), lambda: self._prefill(plan, constants, rows))
+        n_tokens = 1
+        # one host sync a step: an idle GPU for a few microseconds against a wasted step of work
+        while n_tokens < plan.max_tokens and not self.finished.item():
+            self._launch(("embed", plan, rows), lambda: self._embed(plan, rows))
+            for layer in range(len(self.model.decoder.blocks)):
+                self._self_attend(layer, rows, n_keys=plan.n_initial + n_tokens)
+                self._launch(
+                    ("layer", plan, rows, layer), lambda layer=layer: self._finish_layer(plan, constants, rows, layer)
+                )
+            n_tokens += 1
+        return (
+            self.tokens[:n_windows, :n_tokens].tolist(),
+            self.sum_logprobs[:n_windows].tolist(),
+            self.no_speech[:n_windows].tolist(),
+        )
+
+    def _constants(self, plan: GreedyPlan) -> _PlanTensors:
+        if plan not in self.plan_tensors:
+            device = self.model.device
+
+            def index(tokens: tuple[int, ...]) -> Tensor | None:
+                return torch.tensor(tokens, dtype=torch.long, device=device) if tokens else None
+
+            self.plan_tensors[plan] = _PlanTensors(
+                initial=torch.zeros(self.capacity, plan.n_initial, dtype=torch.long, device=device),
+                suppress=index(plan.suppress),
+                suppress_first=index(plan.suppress_first),
+            )
+        return self.plan_tensors[plan]
+
+    def _launch(self, key: tuple, work: Callable[[], None]) -> None:
+        """Run `work` eagerly, or replay its graph, capturing it on first use."""
+        if not self.use_graphs:
+            work()
+            return
+        graph = self.graphs.get(key)
+        if graph is None:
+            graph = self._capture(work)
+            self.graphs[key] = graph
+        graph.replay()
+
+    def _capture(self, work: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        # the warm-up run (which lets cuBLAS and the allocator settle outside the capture) really
+        # executes, so the decoding state it advances is put back before the graph replays it
+        state = [
+            self.next_token, self.sum_logprobs, self.tokens, self.last_is_timestamp,
+            self.penultimate_is_timestamp, self.last_timestamp, self.sampled, self.finished,
+            self.hidden, self.query, self.attended,
+        ]  # fmt: skip
+        saved = [tensor.clone() for tensor in state]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            work()
+        torch.cuda.current_stream().wait_stream(side)
+        for tensor, copy in zip(state, saved, strict=True):
+            tensor.copy_(copy)
+        graph = torch.cuda.CUDAGraph()
+        # graphs share one memory pool: each writes its results into the buffers above, never into
+        # pool memory that another graph's replay could reuse
+        with torch.cuda.graph(graph, pool=self.graph_pool, capture_error_mode="thread_local"):
+            work()
+        return graph
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
+        """whisper's qkv_attention (its SDPA branch), on views of the static caches."""
+        q = q.view(*q.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
+        k = k.view(*k.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
+        v = v.view(*v.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return attended.permute(0, 2, 1, 3).flatten(start_dim=2)
+
+    def _prefill(self, plan: GreedyPlan, constants: _PlanTensors, rows: int) -> None:
+        """The first call of whisper's loop: cross-attention keys, the initial tokens, the first choice."""
+        decoder = self.model.decoder
+        features = self.features[:rows]
+        for layer, block in enumerate(decoder.blocks):
+            self.cross_keys[layer, :rows] = block.cross_attn.key(features)
+            self.cross_values[layer, :rows] = block.cross_attn.value(features)
+        n_initial = plan.n_initial
+
+        def self_attention(layer: int, attention: MultiHeadAttention, x: Tensor) -> Tensor:
+            keys, values = attention.key(x), attention.value(x)
+            self.self_keys[layer, :rows, :n_initial] = keys
+            self.self_values[layer, :rows, :n_initial] = values
+            return self._attend(attention.query(x), keys, values, causal=n_initial > 1)
+
+        x = (decoder.token_embedding(constants.initial[:rows]) + decoder.positional_embedding[:n_initial]).to(
+            self.dtype
+        )
+        for layer, block in enumerate(decoder.blocks):
+            x = x + block.attn.out(self_attention(layer, block.attn, block.attn_ln(x)))
+            x = self._cross_attention_and_mlp(block, layer, rows, x)
+        logits = (decoder.ln(x) @ self.embedding_t).float()
+        if plan.no_speech is not None:
+            self.no_speech[:rows] = logits[:, plan.sot_index].float().softmax(dim=-1)[:, plan.no_speech]
+        logits = logits[:, -1]
+        for suppressed in (constants.suppress_first, constants.suppress):
+            if suppressed is not None:
+                logits.index_fill_(1, suppressed, NEG_INF)
+        if plan.timestamps:
+            if plan.no_timestamps is not None:
+                logits[:, plan.no_timestamps] = NEG_INF
+            # a window opens with a timestamp, no later than max_initial_timestamp
+            logits[:, : plan.timestamp_begin] = NEG_INF
+            if plan.max_initial_timestamp_index is not None:
+                logits[:, plan.timestamp_begin + plan.max_initial_timestamp_index + 1 :] = NEG_INF
+            self._prefer_timestamps(logits, plan)
+        chosen = logits.argmax(dim=-1)
+        self.sum_logprobs[:rows] = F.log_softmax(logits.float(), dim=-1).gather(1, chosen[:, None]).squeeze(1)
+        # padding rows start finished, so they never hold the batch open
+        chosen = torch.where(self.padding[:rows], plan.eot, chosen)
+        self._record(plan, rows, chosen, first=True)
+
+    def _cross_attention_and_mlp(self, block: ResidualAttentionBlock, layer: int, rows: int, x: Tensor) -> Tensor:
+        """The rest of ResidualAttentionBlock.forward after its self-attention."""
+        query = block.cross_attn.query(block.cross_attn_ln(x))
+        attended = self._attend(query, self.cross_keys[layer, :rows], self.cross_values[layer, :rows])
+        x = x + block.cross_attn.out(attended)
+        return x + block.mlp(block.mlp_ln(x))
+
+    def _position(self, plan: GreedyPlan) -> Tensor:
+        """Where the fed token sits, as a device tensor that captured graphs read at replay."""
+        return self.sampled + (plan.n_initial - 1)
+
+    def _embed(self, plan: GreedyPlan, rows: int) -> None:
+        """Graph: the last chosen token and its position into the residual stream, then layer 0's q, k, v."""
+        decoder = self.model.decoder
+        position = self._position(plan)
+        x = decoder.token_embedding(self.next_token[:rows, None]) + decoder.positional_embedding.index_select(
+            0, position
+        )
+        self.hidden[:rows] = x.to(self.dtype)
+        self._project(0, rows, position)
+
+    def _project(self, layer: int, rows: int, position: Tensor) -> None:
+        """Self-attention inputs of `layer`: its query, and the fed token's key and value into the cache."""
+        attention = self.model.decoder.blocks[layer].attn
+        x = self.model.decoder.blocks[layer].attn_ln(self.hidden[:rows])
+        self.query[:rows] = attention.query(x)
+        self.self_keys[layer, :rows].index_copy_(1, position, attention.key(x))
+        self.self_values[layer, :rows].index_copy_(1, position, attention.value(x))
+
+    def _self_attend(self, layer: int, rows: int, n_keys: int) -> None:
+        """Eager, between graphs: attention over exactly the `n_keys` cached positions, as whisper does."""
+        keys = self.self_keys[layer, :rows, :n_keys]
+        values = self.self_values[layer, :rows, :n_keys]
+        self.attended[:rows] = self._attend(self.query[:rows], keys, values)
+
+    def _finish_layer(self, plan: GreedyPlan, constants: _PlanTensors, rows: int, layer: int) -> None:
+        """Graph: the rest of `layer`, then the next layer's q, k, v, or after the last the token choice."""
+        block = self.model.decoder.blocks[layer]
+        x = self.hidden[:rows] + block.attn.out(self.attended[:rows])
+        x = self._cross_attention_and_mlp(block, layer, rows, x)
+        if layer + 1 < len(self.model.decoder.blocks):
+            self.hidden[:rows] = x
+            self._project(layer + 1, rows, self._position(plan))
+            return
+        logits = (self.model.decoder.ln(x) @ self.embedding_t).float()[:, -1]
+        if constants.suppress is not None:
+            logits.index_fill_(1, constants.suppress, NEG_INF)
+        if plan.timestamps:
+            self._timestamp_rules(logits, plan, rows)
+        chosen = logits.argmax(dim=-1)
+        current = F.log_softmax(logits.float(), dim=-1).gather(1, chosen[:, None]).squeeze(1)
+        previous = self.next_token[:rows]
+        self.sum_logprobs[:rows] += current * (previous != plan.eot)
+        chosen = torch.where(previous == plan.eot, plan.eot, chosen)
+        self._record(plan, rows, chosen, first=False)
+
+    def _timestamp_rules(self, logits: Tensor, plan: GreedyPlan, rows: int) -> None:
+        """whisper's ApplyTimestampRules after the first token, for all rows at once and without syncs."""
+        if plan.no_timestamps is not None:
+            logits[:, plan.no_timestamps] = NEG_INF
+        last = self.last_is_timestamp[:rows, None]
+        penultimate = self.penultimate_is_timestamp[:rows, None]
+        closing = last & ~penultimate
+        timestamp_column = self.vocabulary >= plan.timestamp_begin
+        # timestamps come in pairs: after a pair, text; after a closing one, a timestamp or the end
+        forbidden = (last & penultimate & timestamp_column) | (closing & (self.vocabulary < plan.eot))
+        # timestamps never decrease, and a segment after text has a nonzero length
+        last_timestamp = self.last_timestamp[:rows, None]
+        bound = torch.where(closing, last_timestamp, last_timestamp + 1)
+        forbidden |= timestamp_column & (self.vocabulary < bound) & (last_timestamp >= 0)
+        logits.masked_fill_(forbidden, NEG_INF)
+        self._prefer_timestamps(logits, plan)
+
+    def _prefer_timestamps(self, logits: Tensor, plan: GreedyPlan) -> None:
+        """A timestamp is forced where all timestamps together are likelier than any text token."""
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        timestamp_logprob = logprobs[:, plan.timestamp_begin :].logsumexp(dim=-1)
+        max_text_logprob = logprobs[:, : plan.timestamp_begin].max(dim=-1).values
+        prefer = (timestamp_logprob > max_text_logprob)[:, None]
+        logits.masked_fill_(prefer & (self.vocabulary < plan.timestamp_begin), NEG_INF)
+
+    def _record(self, plan: GreedyPlan, rows: int, chosen: Tensor, first: bool) -> None:
+        """Append the chosen tokens and update what the timestamp rules remember of each row."""
+        is_timestamp = chosen >= plan.timestamp_begin
+        if first:
+            # whisper treats a missing penultimate token as a timestamp
+            self.penultimate_is_timestamp[:rows] = True
+            self.last_timestamp[:rows] = torch.where(is_timestamp, chosen, -1)
+            self.sampled.zero_()
+        else:
+            self.penultimate_is_timestamp[:rows] = self.last_is_timestamp[:rows]
+            self.last_timestamp[:rows] = torch.where(is_timestamp, chosen, self.last_timestamp[:rows])
+        self.last_is_timestamp[:rows] = is_timestamp
+        self.tokens[:rows].index_copy_(1, self.sampled, chosen[:, None])
+        self.next_token[:rows] = chosen
+        self.sampled += 1
+        self.finished.copy_((chosen == plan.eot).all())
+
+
+def batch_decoder(model: Whisper, max_windows_per_pass: int) -> BatchDecoder:
+    """The graphed decoder on the GPU, sized to free memory; whisper.decode on the CPU."""
+    if model.device.type != "cuda":
+        return WhisperDecoder(model, max_windows_per_pass)
+    decoder = GraphedGreedyDecoder(model, windows_that_fit(model, max_windows_per_pass))
+    log.info("graphed greedy decoding of up to %d windows per pass", decoder.capacity)
+    return decoder

@@ -1,0 +1,118 @@
+"""Whisper models of a real shape with random weights, for throughput work and capacity planning.
+
+`WHISPER_MODEL=synthetic:medium` (or tiny, base, small, large-v3, turbo) serves a model with exactly
+the layers, widths and vocabulary of that checkpoint, so every request costs what it would cost with
+the real weights, but no download is needed. Each 30-second window decodes exactly
+`WHISPER_SYNTHETIC_TOKENS` tokens (default 100): end-of-text is suppressed and the decode stops at that
+length. Its transcripts are word salad: never use it where recognition quality matters.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from whisper.model import ModelDimensions, Whisper
+from whisper.tokenizer import get_tokenizer
+
+SPEC_PREFIX = "synthetic:"
+DEFAULT_TOKENS_PER_WINDOW = 100
+# whisper's own default decode length (n_text_ctx // 2): longer runs would leave its context
+MAX_TOKENS_PER_WINDOW = 224
+SEED = 0
+# The decoder's positional embedding is drawn this wide so that greedy decoding of random weights
+# walks through different tokens instead of repeating one: repeated tokens would fail the engine's
+# compression-ratio check and re-decode every window at higher temperatures, six times the work.
+POSITION_SPREAD = 16.0
+
+
+def _dims(n_mels: int, n_vocab: int, audio: tuple[int, int, int], text: tuple[int, int, int]) -> ModelDimensions:
+    """ModelDimensions from (width, heads, layers) of the encoder and of the decoder."""
+    return ModelDimensions(
+        n_mels=n_mels,
+        n_audio_ctx=1500,
+        n_audio_state=audio[0],
+        n_audio_head=audio[1],
+        n_audio_layer=audio[2],
+        n_vocab=n_vocab,
+        n_text_ctx=448,
+        n_text_state=text[0],
+        n_text_head=text[1],
+        n_text_layer=text[2],
+    )
+
+
+# the dimensions stored in openai-whisper's published checkpoints
+SHAPES: dict[str, ModelDimensions] = {
+    "tiny": _dims(80, 51865, (384, 6, 4), (384, 6, 4)),
+    "base": _dims(80, 51865, (512, 8, 6), (512, 8, 6)),
+    "small": _dims(80, 51865, (768, 12, 12), (768, 12, 12)),
+    "medium": _dims(80, 51865, (1024, 16, 24), (1024, 16, 24)),
+    "large-v3": _dims(128, 51866, (1280, 20, 32), (1280, 20, 32)),
+    "turbo": _dims(128, 51866, (1280, 20, 32), (1280, 20, 4)),
+}
+
+
+class SyntheticSettings(BaseSettings):
+    """The knobs of synthetic models, read from WHISPER_SYNTHETIC_* environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="WHISPER_SYNTHETIC_", extra="ignore", frozen=True)
+
+    # tokens decoded per 30-second window; real speech yields about 50-150
+    tokens: int = Field(DEFAULT_TOKENS_PER_WINDOW, ge=1, le=MAX_TOKENS_PER_WINDOW)
+
+
+class SyntheticWhisper(Whisper):
+    """A Whisper of a published shape with seeded random weights and a fixed decode length.
+
+    >>> model = build_model("tiny", "cpu", tokens_per_window=20)
+    >>> model.decoding_overrides()["sample_len"]
+    20
+    """
+
+    def __init__(self, shape: str, tokens_per_window: int) -> None:
+        super().__init__(SHAPES[shape])
+        self.shape = shape
+        self.tokens_per_window = tokens_per_window
+
+    def decoding_overrides(self) -> dict[str, object]:
+        """DecodingOptions fields that make every window decode exactly `tokens_per_window` tokens."""
+        eot = get_tokenizer(self.is_multilingual, num_languages=self.num_languages).eot
+        # "-1" keeps whisper's usual suppression of non-speech symbols
+        return {"sample_len": self.tokens_per_window, "suppress_tokens": f"-1,{eot}"}
+
+
+def is_synthetic_spec(spec: str) -> bool:
+    return spec.startswith(SPEC_PREFIX)
+
+
+def shape_of(spec: str) -> str:
+    """The shape named by a `synthetic:<shape>` spec; ValueError names the known ones."""
+    shape = spec.removeprefix(SPEC_PREFIX)
+    if shape not in SHAPES:
+        raise ValueError(f"unknown synthetic shape {shape!r}: expected one of {', '.join(SHAPES)}")
+    return shape
+
+
+def build_model(shape: str, device: str, tokens_per_window: int | None = None, seed: int = SEED) -> SyntheticWhisper:
+    """A synthetic model built directly on `device`; the same seed gives the same weights there."""
+    if tokens_per_window is None:
+        tokens_per_window = SyntheticSettings().tokens
+    target = torch.device(device)
+    cuda_devices = []
+    if target.type == "cuda":
+        cuda_devices = [target.index if target.index is not None else torch.cuda.current_device()]
+    # a private generator state: loading a model must not change the caller's random stream
+    with torch.random.fork_rng(devices=cuda_devices), torch.no_grad():
+        torch.manual_seed(seed)
+        # initialising on the device avoids filling gigabytes of weights on the CPU first
+        with target:
+            model = SyntheticWhisper(shape, tokens_per_window)
+        # whisper leaves this parameter uninitialised: checkpoints always provide it
+        model.decoder.positional_embedding.normal_(0.0, POSITION_SPREAD)
+    return model.eval()
+
+
+def decoding_overrides(model: Whisper) -> dict[str, object]:
+    """What the engine adds to each DecodingOptions for `model`: nothing for real models."""
+    return model.decoding_overrides() if isinstance(model, SyntheticWhisper) else {}

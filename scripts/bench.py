@@ -1,0 +1,414 @@
+"""Service throughput over HTTP from many concurrent clients, against the one-at-a-time service.
+
+Usage: python -m scripts.bench [--model synthetic:medium] [--clients 64] [--gpus 1,2] [--clips DIR]
+In one run: the service on 1 GPU under load (aggregate realtime factor, latency percentiles, batch
+sizes, GPU memory), the lone 10-second clip on that idle service, the same service with max batch
+size 1, the service on every GPU count of --gpus, and the engine alone (scripts/bench_engine.py).
+Writes benchmarks/results/<gpu>-<shape>.json. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import random
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from scripts.bench_clips import Clip, load_clips, make_clips
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+STARTUP_SECONDS = 600.0
+LONE_REPEATS = 20
+LONE_WARMUP = 3
+REQUEST_TIMEOUT = 600.0
+
+
+@dataclass
+class Load:
+    """What the clients saw in one measured run."""
+
+    wall_seconds: float = 0.0
+    audio_seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Service:
+    """One `python -m app` process configured by WHISPER_* variables, with its own port and dirs."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"service-{self.port}.log"
+        metrics_dir = workdir / f"metrics-{self.port}"
+        metrics_dir.mkdir(parents=True)
+        self.env = {
+            **os.environ,
+            "WHISPER_HOST": "127.0.0.1",
+            "WHISPER_PORT": str(self.port),
+            "WHISPER_TMP_DIR": str(workdir / f"uploads-{self.port}"),
+            "WHISPER_LOG_LEVEL": "warning",
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Service:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"service not healthy after {STARTUP_SECONDS} s:\n{self.logs()}")
+
+    def __exit__(self, *_: object) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample of /metrics as {'name{label=value,...}': value}."""
+        text = requests.get(f"{self.url}/metrics", timeout=10).text
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}"] = sample.value
+        return samples
+
+
+# the clips are English; naming the language spares random weights from "detecting" a different one
+# per window, which would split each batch into one decode per language (a real model hears English)
+LANGUAGE = "en"
+
+
+def transcribe(session: requests.Session, url: str, name: str, audio: bytes) -> requests.Response:
+    return session.post(
+        f"{url}/transcribe", files={"file": (name, audio)}, data={"language": LANGUAGE}, timeout=REQUEST_TIMEOUT
+    )
+
+
+def closed_loop(url: str, clips: list[Clip], payloads: dict[str, bytes], clients: int, seconds: float) -> Load:
+    """`clients` senders, each sending a random clip as soon as its previous answer came back."""
+    load = Load()
+    lock = threading.Lock()
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    def client(index: int) -> None:
+        rng = random.Random(index)
+        with requests.Session() as session:
+            while time.perf_counter() < deadline:
+                clip = rng.choice(clips)
+                sent = time.perf_counter()
+                try:
+                    response = transcribe(session, url, clip.file, payloads[clip.file])
+                    outcome = "ok" if response.status_code == 200 else str(response.status_code)
+                except requests.RequestException as error:
+                    outcome = type(error).__name__
+                with lock:
+                    if outcome == "ok":
+                        load.latencies.append(time.perf_counter() - sent)
+                        load.audio_seconds += clip.seconds
+                    else:
+                        load.errors[outcome] = load.errors.get(outcome, 0) + 1
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    # requests still in flight at the deadline finish and count: the wall clock waits for them
+    load.wall_seconds = time.perf_counter() - started
+    return load
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+class GpuMemory:
+    """Polls nvidia-smi once a second: the most memory each GPU held and its mean utilisation."""
+
+    def __init__(self) -> None:
+        self.peak_mib: dict[str, int] = {}
+        self.utilisation: dict[str, list[int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=index,memory.used,utilization.gpu", "--format=csv,noheader,nounits"]
+        while not self._stop.wait(1.0):
+            try:
+                lines = subprocess.run(query, check=True, capture_output=True, text=True).stdout.splitlines()
+            except (OSError, subprocess.CalledProcessError):
+                return
+            for line in lines:
+                index, used, busy = (part.strip() for part in line.split(","))
+                self.peak_mib[index] = max(self.peak_mib.get(index, 0), int(used))
+                self.utilisation.setdefault(index, []).append(int(busy))
+
+    def __enter__(self) -> GpuMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        return {
+            "peak_memory_used_mib": self.peak_mib,
+            "mean_utilisation_percent": {i: round(statistics.mean(v), 1) for i, v in self.utilisation.items() if v},
+        }
+
+
+def histogram_delta(before: dict[str, float], after: dict[str, float], name: str) -> dict:
+    """Count, mean and per-bucket counts of histogram `name` over a run, summed across workers."""
+
+    def total(samples: dict[str, float], suffix: str, le: str | None = None) -> float:
+        return sum(
+            value for key, value in samples.items()
+            if key.startswith(f"{name}{suffix}{{") and (le is None or f"le={le}," in key + ",")
+        )  # fmt: skip
+
+    count = total(after, "_count") - total(before, "_count")
+    summed = total(after, "_sum") - total(before, "_sum")
+    edges = sorted({key.split("le=")[1].split(",")[0].rstrip("}") for key in after if key.startswith(f"{name}_bucket")},
+                   key=lambda edge: float(edge))  # fmt: skip
+    cumulative = {edge: total(after, "_bucket", edge) - total(before, "_bucket", edge) for edge in edges}
+    buckets, previous = {}, 0.0
+    for edge in edges:
+        if cumulative[edge] - previous:
+            buckets[f"<={edge}"] = int(cumulative[edge] - previous)
+        previous = cumulative[edge]
+    return {"count": int(count), "mean": round(summed / count, 2) if count else None, "buckets": buckets}
+
+
+def busy_share(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """Share of the wall time each model worker spent inside predict (its inference_seconds)."""
+    prefix = "whisper_inference_seconds_sum{"
+    return {
+        key[len(prefix) : -1]: round((value - before.get(key, 0.0)) / wall, 3)
+        for key, value in after.items()
+        if key.startswith(prefix)
+    }
+
+
+def run_service(
+    args: argparse.Namespace, workdir: Path, clips: list[Clip], payloads: dict[str, bytes], lone: Clip | None,
+    gpus: int, clients: int, max_batch_size: int, seconds: float,
+) -> dict:  # fmt: skip
+    """Start the service, warm it up, measure it under load (and a lone clip when asked), stop it."""
+    env = {
+        "WHISPER_MODEL": args.model,
+        "WHISPER_SYNTHETIC_TOKENS": str(args.tokens),
+        "WHISPER_DEVICE": args.device,
+        "WHISPER_DEVICES": str(gpus),
+        "WHISPER_MAX_BATCH_SIZE": str(max_batch_size),
+        "WHISPER_BATCH_TIMEOUT": str(args.batch_timeout),
+        "WHISPER_MAX_WINDOWS_PER_PASS": str(args.windows_per_pass),
+        # admission control must not turn the benchmark's own clients away
+        "WHISPER_MAX_QUEUE": str(2 * clients),
+    }
+    print(f"service: {gpus} GPU(s), {clients} clients, max batch size {max_batch_size}", flush=True)
+    with Service(workdir, env) as service, GpuMemory() as memory:
+        # the warm-up meets every batch size the measured run will, so graph captures stay out of it
+        closed_loop(service.url, clips, payloads, clients, args.warmup)
+        before = service.metrics()
+        load = closed_loop(service.url, clips, payloads, clients, seconds)
+        after = service.metrics()
+        result = {
+            "gpus": gpus,
+            "clients": clients,
+            "max_batch_size": max_batch_size,
+            "requests": len(load.latencies),
+            "errors": load.errors,
+            "audio_seconds": round(load.audio_seconds, 1),
+            "wall_seconds": round(load.wall_seconds, 2),
+            "rtf": round(load.audio_seconds / load.wall_seconds, 1),
+            "p50_ms": round(1000 * percentile(load.latencies, 0.50)) if load.latencies else None,
+            "p95_ms": round(1000 * percentile(load.latencies, 0.95)) if load.latencies else None,
+            "p99_ms": round(1000 * percentile(load.latencies, 0.99)) if load.latencies else None,
+            "batch_size": histogram_delta(before, after, "whisper_batch_size"),
+            "windows_per_pass": histogram_delta(before, after, "whisper_batch_windows"),
+            "worker_busy_share": busy_share(before, after, load.wall_seconds),
+        }
+        if load.errors:
+            print(f"errors {load.errors}; the service's log ends:\n{service.logs()}", flush=True)
+        if lone is not None:
+            result["lone_10s"] = lone_latency(service.url, lone, payloads[lone.file])
+        result["gpu"] = memory.summary()
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def lone_latency(url: str, lone: Clip, audio: bytes) -> dict:
+    """Latency of one 10-second clip at a time on the otherwise idle service."""
+    time.sleep(1.0)
+    latencies = []
+    with requests.Session() as session:
+        for attempt in range(LONE_WARMUP + LONE_REPEATS):
+            sent = time.perf_counter()
+            transcribe(session, url, lone.file, audio).raise_for_status()
+            if attempt >= LONE_WARMUP:
+                latencies.append(time.perf_counter() - sent)
+    return {
+        "repeats": LONE_REPEATS,
+        "p50_ms": round(1000 * statistics.median(latencies), 1),
+        "min_ms": round(1000 * min(latencies), 1),
+        "max_ms": round(1000 * max(latencies), 1),
+    }
+
+
+def run_engine(args: argparse.Namespace, output: Path, clips_dir: Path) -> dict:
+    """scripts/bench_engine.py on one GPU; its JSON and kernel profiles land beside `output`."""
+    command = [sys.executable, "-m", "scripts.bench_engine", "--model", args.model, "--clips", str(clips_dir),
+               "--batches", args.engine_batches, "--output", str(output)]  # fmt: skip
+    env = {**os.environ, "WHISPER_SYNTHETIC_TOKENS": str(args.tokens), "CUDA_VISIBLE_DEVICES": args.engine_gpu}
+    print("engine alone:", shlex.join(command), flush=True)
+    subprocess.run(command, cwd=REPO, env=env, check=True)
+    return json.loads(output.read_text())
+
+
+def gpu_name() -> str:
+    try:
+        names = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], check=True, capture_output=True, text=True
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "cpu"
+    return f"{names[0]} x{len(names)}"
+
+
+def default_output(model: str, device: str) -> Path:
+    """benchmarks/results/<gpu>-<shape>.json, e.g. h100-medium.json."""
+    kind = "cpu"
+    if device == "cuda":
+        name = gpu_name().lower()
+        kind = next((k for k in ("h200", "h100", "a100", "l40s", "l4", "a10") if k in name), name.split()[-2])
+    return RESULTS / f"{kind}-{model.removeprefix('synthetic:')}.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="synthetic:medium")
+    parser.add_argument("--tokens", type=int, default=100, help="WHISPER_SYNTHETIC_TOKENS")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--gpus", default="1", help="GPU counts to measure, e.g. 1,2; the first is the main run")
+    parser.add_argument("--clients", type=int, default=64, help="concurrent clients per GPU")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of measured load per run")
+    parser.add_argument("--warmup", type=float, default=20.0, help="seconds of load before each measured run")
+    parser.add_argument("--baseline-duration", type=float, default=30.0)
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--batch-timeout", type=float, default=0.05)
+    parser.add_argument("--windows-per-pass", type=int, default=256)
+    parser.add_argument("--engine-batches", default="1,16,64,128,256")
+    parser.add_argument("--engine-gpu", default="0", help="CUDA_VISIBLE_DEVICES for the engine-alone run")
+    parser.add_argument("--clips", type=Path, help="clips made by scripts/bench_clips.py; made here if absent")
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    gpu_counts = [int(g) for g in args.gpus.split(",")]
+    output = args.output or default_output(args.model, args.device)
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix="whisper-bench-") as scratch:
+        workdir = Path(scratch)
+        clips_dir = args.clips or workdir / "clips"
+        clips, lone = load_clips(clips_dir) if args.clips else make_clips(clips_dir, 60, 4, seed=0)
+        payloads = {c.file: (clips_dir / c.file).read_bytes() for c in [*clips, lone]}
+        report: dict = {
+            "device": gpu_name() if args.device == "cuda" else "cpu",
+            "model_shape": args.model.removeprefix("synthetic:"),
+            "tokens_per_window": args.tokens,
+            "clips": {
+                "count": len(clips),
+                "seconds": round(sum(c.seconds for c in clips), 1),
+                "format": "espeak-ng speech, 16 kHz mono Opus, 5-30 s and 2-5 min",
+            },
+        }
+        by_gpus = {}
+        for gpus in gpu_counts:
+            by_gpus[str(gpus)] = run_service(
+                args, workdir, clips, payloads, lone if gpus == gpu_counts[0] else None,
+                gpus, args.clients * gpus, args.max_batch_size, args.duration,
+            )  # fmt: skip
+        baseline = run_service(
+            args, workdir, clips, payloads, None, gpu_counts[0], args.clients * gpu_counts[0], 1, args.baseline_duration
+        )
+        report["command"] = "python -m scripts.bench " + shlex.join(sys.argv[1:])
+        report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        write_report(output, report, by_gpus, baseline, None)
+        engine = run_engine(args, output.with_suffix(".engine.json"), clips_dir) if args.device == "cuda" else None
+    write_report(output, report, by_gpus, baseline, engine)
+
+
+def write_report(output: Path, report: dict, by_gpus: dict[str, dict], baseline: dict, engine: dict | None) -> None:
+    """The results JSON; written once the services are measured, and again with the engine's figures."""
+    main_run = next(iter(by_gpus.values()))
+    best = max(engine["optimised"], key=lambda row: row["rtf"]) if engine else None
+    report.update(
+        {
+            "service_rtf": main_run["rtf"],
+            "baseline_rtf": baseline["rtf"],
+            "ratio_vs_one_at_a_time": round(main_run["rtf"] / baseline["rtf"], 2),
+            "engine_rtf": best["rtf"] if best else None,
+            "engine_best_windows_per_pass": best["windows"] if best else None,
+            "lone_10s_p50_ms": main_run["lone_10s"]["p50_ms"],
+            "p50_ms": main_run["p50_ms"],
+            "p95_ms": main_run["p95_ms"],
+            "p99_ms": main_run["p99_ms"],
+            "service": main_run,
+            "baseline": baseline,
+            "engine": engine,
+        }
+    )
+    if len(by_gpus) > 1:
+        report["gpus"] = by_gpus
+        report["scaling"] = {g: round(r["rtf"] / main_run["rtf"], 2) for g, r in by_gpus.items()}
+    output.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {output}")
+    print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

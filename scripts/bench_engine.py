@@ -1,0 +1,179 @@
+"""The engine alone (no HTTP): throughput by batch size, with and without the GPU optimisations.
+
+Usage: python -m scripts.bench_engine --clips DIR --output engine.json [--model synthetic:medium]
+Drives `Transcriber.transcribe_batch` on full 30-second windows cut from the benchmark clips, so the
+figures are the ceiling the service's batches can reach. Run by scripts/bench.py on one GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity
+from whisper.audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE
+from whisper.decoding import DecodingOptions
+
+from app import cuda_decoding, synthetic
+from app.config import default_model_cache_dir
+from app.engine import AudioJob, Transcriber
+from app.models import load_model
+from scripts.bench_clips import load_clips
+
+LONE_SECONDS = 10.0
+# whisper.decode pays ~20 ms a token step at any batch size: few runs are enough to see it
+REFERENCE_BATCHES = (1, 64)
+
+
+def clip_audio(directory: Path) -> np.ndarray:
+    """All benchmark clips decoded by ffmpeg and joined: the speech the windows are cut from."""
+    clips, _ = load_clips(directory)
+    pieces = []
+    for clip in clips:
+        decoded = subprocess.run(
+            ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(directory / clip.file),
+             "-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"],
+            check=True, capture_output=True,
+        ).stdout  # fmt: skip
+        pieces.append(np.frombuffer(decoded, dtype=np.float32))
+    return np.concatenate(pieces)
+
+
+def windows(audio: np.ndarray, count: int) -> list[AudioJob]:
+    """`count` jobs of exactly one full window each, taken round the joined audio."""
+    starts = [(i * N_SAMPLES) % (len(audio) - N_SAMPLES) for i in range(count)]
+    return [AudioJob(audio[s : s + N_SAMPLES].copy()) for s in starts]
+
+
+def timed(run: Callable[[], object]) -> float:
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    run()
+    torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def measure(engine: Transcriber, jobs: list[AudioJob], repeats: int) -> dict:
+    """Median wall time of transcribe_batch over `repeats` runs after one warm-up, split by stage."""
+    engine.transcribe_batch(jobs)  # warm-up: graph capture and allocator growth stay out of the figures
+    totals = [timed(lambda: engine.transcribe_batch(jobs)) for _ in range(repeats)]
+    waveforms = [job.waveform for job in jobs]
+    encode = statistics.median(timed(lambda: engine.encode(waveforms)) for _ in range(repeats))
+    total = statistics.median(totals)
+    seconds = len(jobs) * CHUNK_LENGTH
+    return {
+        "windows": len(jobs),
+        "seconds": round(total, 4),
+        "rtf": round(seconds / total, 1),
+        "encoder_ms_per_window": round(1000 * encode / len(jobs), 3),
+        "rest_ms_per_window": round(1000 * (total - encode) / len(jobs), 3),
+    }
+
+
+@contextlib.contextmanager
+def unoptimised(cast_once: bool) -> Iterator[None]:
+    """Build Transcribers as the engine was before these optimisations: whisper.decode, fp32 weights."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(cuda_decoding, "batch_decoder", cuda_decoding.WhisperDecoder))
+        if not cast_once:
+            stack.enter_context(mock.patch("app.precision.cast_to_fp16", lambda model: model))
+        yield
+
+
+def identical_tokens(model: torch.nn.Module, engine: Transcriber, jobs: list[AudioJob]) -> dict:
+    """Token-for-token agreement of the graphed decoder with whisper.decode on the same features."""
+    features = engine.encode([job.waveform for job in jobs])
+    options = DecodingOptions(language="en", fp16=True, **synthetic.decoding_overrides(model))
+    with torch.inference_mode():
+        reference = cuda_decoding.WhisperDecoder(model, len(jobs))(features, options)
+        graphed = engine.decode(features, options)
+    same = sum(r.tokens == g.tokens for r, g in zip(reference, graphed, strict=True))
+    drift = max(abs(r.avg_logprob - g.avg_logprob) for r, g in zip(reference, graphed, strict=True))
+    return {"windows": len(jobs), "identical": same, "max_avg_logprob_difference": drift}
+
+
+def optimised(model_spec: str, audio: np.ndarray, batches: list[int], repeats: int, profile_stem: Path) -> dict:
+    """The engine as the service runs it: throughput by batch size, token identity, a lone clip."""
+    model = load_model(model_spec, "cuda", default_model_cache_dir())
+    engine = Transcriber(model, max(batches))
+    lone = [AudioJob(audio[: int(LONE_SECONDS * SAMPLE_RATE)].copy())]
+    engine.transcribe_batch(lone)
+    lone_seconds = statistics.median(timed(lambda: engine.transcribe_batch(lone)) for _ in range(5))
+    return {
+        "capacity": engine.max_windows_per_pass,
+        # 64 windows fill a graph's batch exactly; 50 run in it with 14 padding rows
+        "identity": [identical_tokens(model, engine, windows(audio, n)) for n in (64, 50)],
+        "optimised": [measure(engine, windows(audio, b), repeats) for b in batches if b <= engine.max_windows_per_pass],
+        "lone_10s_engine_ms": round(1000 * lone_seconds, 1),
+        "profile": [
+            profile(engine, jobs, profile_stem.with_suffix(f".profile-{len(jobs)}.txt"))
+            for jobs in (lone, windows(audio, 128))
+        ],
+        "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
+
+
+def reference(model_spec: str, audio: np.ndarray, cast_once: bool) -> list[dict]:
+    """The engine before these optimisations, at the batch sizes of REFERENCE_BATCHES."""
+    model = load_model(model_spec, "cuda", default_model_cache_dir())
+    with unoptimised(cast_once):
+        engine = Transcriber(model, max(REFERENCE_BATCHES))
+    return [measure(engine, windows(audio, b), 1) for b in REFERENCE_BATCHES]
+
+
+def profile(engine: Transcriber, jobs: list[AudioJob], table: Path) -> dict:
+    """Kernel time of one transcribe_batch by operator: what bounds a pass of this size."""
+    engine.transcribe_batch(jobs)
+    with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        seconds = timed(lambda: engine.transcribe_batch(jobs))
+    events = profiler.key_averages()
+    table.write_text(events.table(sort_by="device_time_total", row_limit=25))
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    top = sorted(kernels, key=lambda e: e.device_time_total, reverse=True)[:6]
+    return {
+        "windows": len(jobs),
+        "wall_ms": round(1000 * seconds, 1),
+        "gpu_kernel_ms": round(sum(e.device_time_total for e in kernels) / 1000, 1),
+        "kernel_launches": sum(e.count for e in kernels),
+        "top_kernels": [
+            {"name": e.key[:80], "count": e.count, "ms": round(e.device_time_total / 1000, 1)} for e in top
+        ],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="synthetic:medium")
+    parser.add_argument("--clips", type=Path, required=True)
+    parser.add_argument("--batches", default="1,16,64,128,256", help="windows per pass to measure")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args()
+    audio = clip_audio(args.clips)
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "model": args.model,
+        **optimised(
+            args.model, audio, [int(b) for b in args.batches.split(",")], args.repeats, args.output.with_suffix("")
+        ),
+    }
+    for cast_once, label in ((True, "whisper_decode_fp16_once"), (False, "whisper_decode_fp32_weights")):
+        gc.collect()  # the previous engine's graphs and buffers go before the next model loads
+        torch.cuda.empty_cache()
+        report[label] = reference(args.model, audio, cast_once)
+    args.output.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
