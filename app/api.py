@@ -22,6 +22,7 @@ from app.config import Settings
 from app.engine import AudioJob, LanguageDetection, LanguageGuess, Transcriber, TranscriptionOptions
 from app.errors import ItemError, Reason
 from app.models import default_model_spec, load_model
+from app.request_log import Reported, WorkerTiming
 from app.transcript import Transcript
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def resolve_device(setting: str) -> str:
 class WhisperLitAPI(ls.LitAPI):
     """Batched Whisper transcription behind LitServe.
 
-    >>> server = ls.LitServer(WhisperLitAPI(settings, max_batch_size=16, spec=TranscriptionRoutes(settings)))
+    >>> server = ls.LitServer(WhisperLitAPI(settings, max_batch_size=16, spec=TranscriptionRoutes(settings, admission)))
     """
 
     def __init__(self, settings: Settings, **litapi_options: object) -> None:
@@ -78,21 +79,32 @@ class WhisperLitAPI(ls.LitAPI):
     def batch(self, items: list[AudioJob | ItemError]) -> list[AudioJob | ItemError]:
         return items
 
-    def predict(self, items: list[AudioJob | ItemError]) -> list[Outcome]:
+    def predict(self, items: list[AudioJob | ItemError]) -> list[Reported | ItemError]:
+        if not isinstance(items, list):
+            # with max_batch_size 1 LitServe runs its unbatched loop, which passes one item alone
+            return self.predict([items])[0]
         jobs = [item for item in items if isinstance(item, AudioJob)]
         if not jobs:
             return items
         started = time.monotonic()
         results = iter(self.transcriber.run_isolated(jobs))
         label = self.worker_label
-        metrics.INFERENCE_SECONDS.labels(label).observe(time.monotonic() - started)
+        timing = WorkerTiming(started, time.monotonic() - started, len(jobs))
+        metrics.INFERENCE_SECONDS.labels(label).observe(timing.inference_seconds)
         metrics.BATCH_SIZE.labels(label).observe(len(jobs))
         metrics.BATCH_WINDOWS.labels(label).observe(self.transcriber.last_window_count)
         metrics.AUDIO_SECONDS.labels(label).inc(sum(len(job.waveform) for job in jobs) / SAMPLE_RATE)
-        return [next(results) if isinstance(item, AudioJob) else item for item in items]
+        self.record_gpu_memory()
+        return [Reported(next(results), timing) if isinstance(item, AudioJob) else item for item in items]
 
-    def unbatch(self, results: list[Outcome]) -> list[Outcome]:
+    def record_gpu_memory(self) -> None:
+        if self.transcriber.device.type == "cuda":
+            device = self.transcriber.device
+            metrics.GPU_MEMORY.labels(self.worker_label, "allocated").set(torch.cuda.memory_allocated(device))
+            metrics.GPU_MEMORY.labels(self.worker_label, "reserved").set(torch.cuda.memory_reserved(device))
+
+    def unbatch(self, results: list[Reported | ItemError]) -> list[Reported | ItemError]:
         return results
 
-    def encode_response(self, result: Outcome) -> Outcome:
+    def encode_response(self, result: Reported | ItemError) -> Reported | ItemError:
         return result

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "WHISPER_"
@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     workers_per_device: int = Field(1, ge=1, le=64)
     # where uploads and decoded waveforms live for the life of a request
     tmp_dir: Path = Field(default_factory=default_tmp_dir)
-    # seconds a request may wait for a worker before it gets 504
+    # seconds from a request's arrival to its answer; past that it gets 504 and its work is dropped
     request_timeout: float = Field(600.0, gt=0.0)
     # converted and downloaded model weights
     model_cache_dir: Path = Field(default_factory=default_model_cache_dir)
@@ -57,6 +57,18 @@ class Settings(BaseSettings):
     # ffmpeg processes decoding uploads at once in each HTTP process
     decode_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # when set, every route but /health (and /metrics, see below) needs "Authorization: Bearer <key>" or X-API-Key
+    api_key: SecretStr | None = None
+    # whether /metrics also needs the API key (Prometheus then sends it as a bearer token)
+    metrics_require_key: bool = False
+    # largest request body in MB (10^6 bytes); larger ones get 413 as soon as the excess arrives
+    max_upload_mb: float = Field(200.0, gt=0.0)
+    # longest audio in seconds, measured by ffprobe before decoding; longer uploads get 413
+    max_audio_seconds: float = Field(10800.0, gt=0.0)
+    # most uploads held at once (receiving, decoding, queued or in a model pass); more get 503 with Retry-After
+    max_queue: int = Field(64, ge=1, le=100_000)
+    # seconds SIGTERM waits for requests in flight before answering the rest with 503 and exiting
+    shutdown_grace: float = Field(60.0, ge=0.0)
 
     @model_validator(mode="after")
     def _batch_timeout_below_request_timeout(self) -> Settings:

@@ -13,12 +13,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import whisper
 from whisper.audio import HOP_LENGTH, N_FFT, N_SAMPLES, SAMPLE_RATE, mel_filters
 from whisper.decoding import DecodingOptions, DecodingResult, detect_language
 from whisper.model import Whisper
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
+from app import cuda_decoding, precision, synthetic
 from app.alignment import add_words
 from app.errors import ItemError, Reason
 from app.transcript import Segment, Transcript, window_segments
@@ -123,7 +123,12 @@ class Transcriber:
         self.model = model
         self.device = model.device
         self.fp16 = self.device.type == "cuda"
-        self.max_windows_per_pass = max_windows_per_pass
+        if self.fp16:
+            precision.cast_to_fp16(model)
+        self.decode = cuda_decoding.batch_decoder(model, max_windows_per_pass)
+        # on the GPU the decoder's buffers are sized to free memory: no pass may outgrow them
+        self.max_windows_per_pass = self.decode.capacity
+        self.decoding_overrides = synthetic.decoding_overrides(model)
         self.last_window_count = 0
 
     def tokenizer(self, task: str, language: str) -> Tokenizer:
@@ -164,7 +169,7 @@ class Transcriber:
             attempt = replace(options, temperature=temperature)
             for first in range(0, len(pending), self.max_windows_per_pass):
                 chunk = pending[first : first + self.max_windows_per_pass]
-                for index, result in zip(chunk, whisper.decode(self.model, features[chunk], attempt), strict=True):
+                for index, result in zip(chunk, self.decode(features[chunk], attempt), strict=True):
                     results[index] = result
             pending = [i for i in pending if needs_fallback(results[i])]
             if not pending:
@@ -193,7 +198,12 @@ class Transcriber:
         for (language, task, prompt, temperatures), positions in groups.items():
             tokenizer = self.tokenizer(task, language)
             decoding = DecodingOptions(
-                task=task, language=language, prompt=prompt, without_timestamps=False, fp16=self.fp16
+                task=task,
+                language=language,
+                prompt=prompt,
+                without_timestamps=False,
+                fp16=self.fp16,
+                **self.decoding_overrides,
             )
             results = self.decode_with_fallback(features[positions], decoding, temperatures)
             for position, result in zip(positions, results, strict=True):

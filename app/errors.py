@@ -17,6 +17,13 @@ class Reason(str, Enum):
     BAD_FORM = "bad_form"
     UNREADABLE_AUDIO = "unreadable_audio"
     NO_AUDIO = "no_audio"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    AUDIO_TOO_SHORT = "audio_too_short"
+    AUDIO_TOO_LONG = "audio_too_long"
+    UPLOAD_TOO_LARGE = "upload_too_large"
+    UNAUTHORIZED = "unauthorized"
+    OVERLOADED = "overloaded"
+    UNAVAILABLE = "unavailable"
     BAD_OPTION = "bad_option"
     UNKNOWN_MODEL = "unknown_model"
     TIMEOUT = "timeout"
@@ -32,9 +39,23 @@ STATUS_BY_REASON: dict[Reason, int] = {
     Reason.UNKNOWN_MODEL: 400,
     Reason.UNREADABLE_AUDIO: 415,
     Reason.NO_AUDIO: 415,
+    Reason.UNSUPPORTED_FORMAT: 415,
+    Reason.AUDIO_TOO_SHORT: 400,
+    Reason.AUDIO_TOO_LONG: 413,
+    Reason.UPLOAD_TOO_LARGE: 413,
+    Reason.UNAUTHORIZED: 401,
+    Reason.OVERLOADED: 503,
+    Reason.UNAVAILABLE: 503,
     Reason.TIMEOUT: 504,
     Reason.STORAGE_FULL: 507,
     Reason.INFERENCE_FAILED: 500,
+}
+
+# failures that go away by themselves: the response tells the client, in Retry-After, when to try again
+RETRY_AFTER_SECONDS: dict[Reason, int] = {
+    Reason.OVERLOADED: 2,
+    Reason.UNAVAILABLE: 10,
+    Reason.STORAGE_FULL: 10,
 }
 
 

@@ -68,6 +68,12 @@ INFERENCE_SECONDS = Histogram(
     ["worker"],
     buckets=LATENCY_BUCKETS,
 )
+GPU_MEMORY = Gauge(
+    "whisper_gpu_memory_bytes",
+    "CUDA memory of a model worker: allocated by tensors, reserved by torch's caching allocator.",
+    ["worker", "kind"],
+    multiprocess_mode="livemax",
+)
 AUDIO_SECONDS = Counter("whisper_audio_seconds_total", "Seconds of audio transcribed.", ["worker"])
 
 

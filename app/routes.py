@@ -7,6 +7,7 @@ in parallel across requests, and only a path and options cross the queue to the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import time
@@ -20,20 +21,24 @@ from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
 
 from app import metrics, native_api, openai_api
+from app.admission import Admission
 from app.api import Outcome, QueuedRequest
 from app.audio import decode_upload
 from app.config import Settings
-from app.errors import ItemError, Reason, RequestError
+from app.errors import RETRY_AFTER_SECONDS, ItemError, Reason, RequestError
 from app.forms import ErrorRenderer, Plan
 from app.models import default_model_spec, model_display_name
 from app.native_api import DETECT_LANGUAGE_PATH, TRANSCRIBE_PATH
 from app.openai_api import OPENAI_MODEL_NAME, TRANSCRIPTIONS_PATH, TRANSLATIONS_PATH
+from app.request_log import Reported, RequestRecord, record_of
 from app.uploads import RequestFiles, Upload, receive_upload
 
 log = logging.getLogger(__name__)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 STORAGE_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# how often a request waiting for the model worker looks whether the service still lets it wait
+PHASE_POLL_SECONDS = 0.2
 
 
 def served_model_names(settings: Settings) -> tuple[str, ...]:
@@ -45,9 +50,10 @@ def served_model_names(settings: Settings) -> tuple[str, ...]:
 class TranscriptionRoutes(LitSpec):
     """Routes that receive uploads and hand decoded waveforms to WhisperLitAPI's batches."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, admission: Admission) -> None:
         super().__init__()
         self.settings = settings
+        self.admission = admission
         self.api_path = TRANSCRIBE_PATH
         served = served_model_names(settings)
         routes = {
@@ -61,6 +67,8 @@ class TranscriptionRoutes(LitSpec):
         }
         for path, (plan, render_error) in routes.items():
             self.add_endpoint(path, self.endpoint(path, plan, render_error), ["POST"])
+        # refusals made before a route runs (a missing API key) answer in that route's own error shape
+        self.error_renderers: dict[str, ErrorRenderer] = {path: render for path, (_, render) in routes.items()}
         self._decode_slots: asyncio.Semaphore | None = None
 
     def endpoint(self, route: str, plan: Callable[[Upload], Plan], render_error: ErrorRenderer) -> Endpoint:
@@ -76,14 +84,21 @@ class TranscriptionRoutes(LitSpec):
         state["_endpoints"] = []
         return state
 
-    async def submit(self, request: QueuedRequest) -> Outcome:
-        """Queue one decoded request for the model worker and wait for its own result."""
+    async def submit(self, request: QueuedRequest, arrived_at: float, record: RequestRecord) -> Outcome:
+        """Queue one decoded request for the model worker and wait for its own result.
+
+        The wait ends with 503 as soon as the service may no longer wait (a worker died, a drain ran out).
+        """
         uid = uuid.uuid4()
         event = asyncio.Event()
         self.response_buffer[uid] = ResponseBufferItem(event=event)
-        self.request_queue.put((self.response_queue_id, uid, time.monotonic(), request))
+        # stamped with the arrival time, so a worker drops the item once the whole request is out of time
+        self.request_queue.put((self.response_queue_id, uid, arrived_at, request))
         try:
-            await event.wait()
+            while not event.is_set():
+                self.admission.refuse_unless_serving(waiting=True)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), PHASE_POLL_SECONDS)
             response, status = self.response_buffer[uid].response
         finally:
             self.response_buffer.pop(uid, None)
@@ -95,28 +110,53 @@ class TranscriptionRoutes(LitSpec):
                 )
             log.error("model worker failed a whole batch: %r", response)
             return ItemError(Reason.INFERENCE_FAILED, "inference failed")
+        if isinstance(response, Reported):
+            record.add_timing(response.timing, request.submitted_at)
+            return response.outcome
         return response
 
-    async def decode(self, files: RequestFiles) -> None:
+    async def decode(self, files: RequestFiles, record: RequestRecord) -> None:
+        """Probe and decode the upload into its waveform file, then delete the upload."""
         if self._decode_slots is None:
             self._decode_slots = asyncio.Semaphore(self.settings.decode_concurrency)
         async with self._decode_slots:
-            with metrics.DECODE_SECONDS.time():
-                await decode_upload(files.upload, files.waveform, self.settings.request_timeout)
+            began = time.monotonic()
+            record.audio_seconds = await decode_upload(
+                files.upload, files.waveform, self.settings.request_timeout, self.settings.max_audio_seconds
+            )
+            elapsed = time.monotonic() - began
+        metrics.DECODE_SECONDS.observe(elapsed)
+        record.decode_ms = round(elapsed * 1000, 1)
         files.upload.unlink()
 
     async def handle(
         self, request: Request, route: str, plan: Callable[[Upload], Plan], render_error: ErrorRenderer
     ) -> Response:
-        """The life of one upload: receive, validate, decode, queue, answer; temp files always removed."""
+        """The life of one upload: admit, receive, validate, probe and decode, queue, answer.
+
+        Temp files are always removed, and all of it happens within WHISPER_REQUEST_TIMEOUT of arrival.
+        """
         started = time.monotonic()
+        record = record_of(request)
+        timeout = self.settings.request_timeout
+
+        async def serve() -> Response | ItemError:
+            upload = await receive_upload(request, files.upload, int(self.settings.max_upload_mb * 1e6))
+            record.upload_bytes = upload.file_size
+            planned = plan(upload)
+            await self.decode(files, record)
+            outcome = await self.submit(
+                QueuedRequest(str(files.waveform), planned.work, time.monotonic()), started, record
+            )
+            return outcome if isinstance(outcome, ItemError) else planned.render(outcome)
+
         metrics.IN_FLIGHT.inc()
         files = RequestFiles.create(self.settings.tmp_dir)
         try:
-            upload = await receive_upload(request, files.upload)
-            planned = plan(upload)
-            await self.decode(files)
-            result = await self.submit(QueuedRequest(str(files.waveform), planned.work, time.monotonic()))
+            with self.admission.admit():
+                result = await asyncio.wait_for(serve(), timeout)
+        except asyncio.TimeoutError:
+            result = ItemError(Reason.TIMEOUT, f"the request did not finish within {timeout:g} s; its work was dropped")
         except RequestError as error:
             result = error.error
         except OSError as error:
@@ -129,9 +169,12 @@ class TranscriptionRoutes(LitSpec):
             metrics.IN_FLIGHT.dec()
         if isinstance(result, ItemError):
             metrics.ERRORS.labels(result.reason.value).inc()
+            record.reason = result.reason.value
             response = render_error(result)
+            if result.reason in RETRY_AFTER_SECONDS:
+                response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS[result.reason])
         else:
-            response = planned.render(result)
+            response = result
         metrics.REQUESTS.labels(route, str(response.status_code)).inc()
         metrics.REQUEST_SECONDS.labels(route).observe(time.monotonic() - started)
         return response

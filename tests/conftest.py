@@ -93,3 +93,9 @@ def fox_mp3(fox_wav: Path) -> Path:
 @pytest.fixture(scope="session")
 def fox_ogg(fox_wav: Path) -> Path:
     return convert(fox_wav, fox_wav.with_suffix(".ogg"), "-c:a", "libvorbis")
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where services started by the tests keep the converted tiny.en, shared so it converts once."""
+    return tmp_path_factory.mktemp("model-cache")

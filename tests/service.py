@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import psutil
 import requests
 
 STARTUP_SECONDS = 180.0
+POLL_SECONDS = 0.05
+# uvicorn's line as each HTTP process starts serving
+HTTP_PROCESS_LINE = re.compile(r"Started server process \[(\d+)\]")
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll `condition` until it returns something truthy, and return that; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(POLL_SECONDS)
+    raise TimeoutError(f"not within {timeout} s: {what}")
 
 
 def free_port() -> int:
@@ -43,6 +62,8 @@ class ServiceProcess:
             **env,
         }
         self.process: subprocess.Popen | None = None
+        key = self.env.get("WHISPER_API_KEY")
+        self.auth_headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def start(self) -> ServiceProcess:
         log = self.log_path.open("wb")
@@ -69,6 +90,32 @@ class ServiceProcess:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
 
+    def send_signal(self, signum: int) -> None:
+        """Signal the main process alone, as `docker stop` or Kubernetes do."""
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status of the main process, once it has exited."""
+        return self.process.wait(timeout=timeout)
+
+    def inference_workers(self) -> list[psutil.Process]:
+        """LitServe's model workers: the children it started with multiprocessing's spawn."""
+        children = psutil.Process(self.process.pid).children()
+        return [child for child in children if any("spawn_main" in part for part in child.cmdline())]
+
+    def http_processes(self) -> list[psutil.Process]:
+        """The uvicorn processes serving HTTP, as their start-up lines in the log name them."""
+        return [psutil.Process(int(pid)) for pid in HTTP_PROCESS_LINE.findall(self.log_path.read_text())]
+
+    def process_tree_rss(self) -> int:
+        """Resident memory of the main process and all its descendants, in bytes."""
+        main = psutil.Process(self.process.pid)
+        return sum(process.memory_info().rss for process in [main, *main.children(recursive=True)])
+
+    def metric_total(self, name: str) -> float:
+        """The sum of a metric over all its label values (histograms: pass the _count or _sum series)."""
+        return sum(value for sample, value in self.metric_samples().items() if sample.split("{")[0] == name)
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGINT)
@@ -80,7 +127,7 @@ class ServiceProcess:
 
     def metric_samples(self) -> dict[str, float]:
         """The /metrics exposition as {'name{labels}': value}."""
-        text = requests.get(f"{self.url}/metrics", timeout=10).text
+        text = requests.get(f"{self.url}/metrics", headers=self.auth_headers, timeout=10).text
         samples = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):
@@ -90,4 +137,10 @@ class ServiceProcess:
 
     def transcribe(self, path: Path, field: str = "file", **form: str) -> requests.Response:
         with path.open("rb") as audio:
-            return requests.post(f"{self.url}/transcribe", files={field: (path.name, audio)}, data=form, timeout=300)
+            return requests.post(
+                f"{self.url}/transcribe",
+                files={field: (path.name, audio)},
+                data=form,
+                headers=self.auth_headers,
+                timeout=300,
+            )

@@ -14,11 +14,6 @@ TEST_BATCH_TIMEOUT = "1.0"
 
 
 @pytest.fixture(scope="session")
-def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("model-cache")
-
-
-@pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> Iterator[ServiceProcess]:
     process = ServiceProcess(
         tmp_path_factory.mktemp("service"),

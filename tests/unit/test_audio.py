@@ -43,7 +43,7 @@ def test_stereo_44k_is_downmixed_and_resampled(fox_wav: Path, tmp_path: Path) ->
 
 
 def test_command_asks_ffmpeg_for_raw_16khz_mono(tmp_path: Path) -> None:
-    command = ffmpeg_decode_command(tmp_path / "in", tmp_path / "out")
+    command = ffmpeg_decode_command(tmp_path / "in")
     assert command[0] == "ffmpeg"
     for flag, value in (("-ar", str(SAMPLE_RATE)), ("-ac", "1"), ("-f", "f32le")):
         assert command[command.index(flag) + 1] == value

@@ -1,0 +1,56 @@
+"""A bounded flood far over WHISPER_MAX_QUEUE: requests are shed with 503 and Retry-After, never a 500.
+
+Afterwards the server is healthy, the upload dir is empty and memory is back near where it started.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.hardening.conftest import MAX_QUEUE
+from tests.service import ServiceProcess, wait_until
+
+pytestmark = pytest.mark.integration
+
+FLOOD_REQUESTS = 300
+FLOOD_THREADS = 32
+# allocators keep some freed memory (the worker's varies by ~50 MB between batches); more would be a leak
+MEMORY_SLACK_BYTES = 100 * 10**6
+
+
+def test_a_flood_is_shed_not_failed(hardened: ServiceProcess, fox_wav: Path) -> None:
+    audio = fox_wav.read_bytes()
+
+    def send(_: int) -> requests.Response:
+        return requests.post(
+            f"{hardened.url}/transcribe", files={"file": ("fox.wav", audio)}, headers=hardened.auth_headers, timeout=300
+        )
+
+    # warm up with a full batch: the worker's first pass of that size allocates for good
+    with ThreadPoolExecutor(MAX_QUEUE) as pool:
+        assert {r.status_code for r in pool.map(send, range(MAX_QUEUE))} == {200}
+    memory_before = hardened.process_tree_rss()
+    with ThreadPoolExecutor(FLOOD_THREADS) as pool:
+        responses = list(pool.map(send, range(FLOOD_REQUESTS)))
+
+    statuses = Counter(response.status_code for response in responses)
+    shed = [response for response in responses if response.status_code == 503]
+    print(f"flood of {FLOOD_REQUESTS} with max queue {MAX_QUEUE}: {dict(statuses)}")
+    assert set(statuses) <= {200, 503, 429}, statuses
+    assert statuses[200] >= MAX_QUEUE, "the server kept working through the flood"
+    assert len(shed) > FLOOD_REQUESTS / 2, "far over the limit, most requests are shed"
+    assert all(int(response.headers["Retry-After"]) > 0 for response in shed)
+    assert {response.json()["reason"] for response in shed} == {"overloaded"}
+
+    assert requests.get(f"{hardened.url}/health", timeout=5).status_code == 200
+    assert hardened.transcribe(fox_wav).status_code == 200
+    assert wait_until(lambda: not list(hardened.upload_dir.iterdir()), 5, "upload dir empty")
+    assert hardened.metric_samples()["whisper_requests_in_flight"] == 0
+    memory_after = hardened.process_tree_rss()
+    print(f"process tree RSS: {memory_before / 1e6:.0f} MB before, {memory_after / 1e6:.0f} MB after")
+    assert memory_after - memory_before < MEMORY_SLACK_BYTES
