@@ -60,7 +60,7 @@ class WhisperLitAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         spec = self.settings.model or default_model_spec(torch.cuda.is_available())
-        model = load_model(spec, device, self.settings.model_cache_dir)
+        model = load_model(spec, device, self.settings.model_cache_dir, self.settings.synthetic_tokens)
         # LitServe numbers its workers; with several per device the label tells them apart
         self.worker_label = f"{device}/{os.environ.get('LITSERVE_WORKER_ID', '0')}"
         self.transcriber = Transcriber(model, self.settings.max_windows_per_pass)

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.synthetic import DEFAULT_TOKENS_PER_WINDOW, MAX_TOKENS_PER_WINDOW
+
 ENV_PREFIX = "WHISPER_"
 
 
@@ -56,6 +58,8 @@ class Settings(BaseSettings):
     max_windows_per_pass: int = Field(64, ge=1, le=4096)
     # ffmpeg processes decoding uploads at once in each HTTP process
     decode_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    # tokens every window decodes with WHISPER_MODEL=synthetic:<shape> (random weights, capacity planning)
+    synthetic_tokens: int = Field(DEFAULT_TOKENS_PER_WINDOW, ge=1, le=MAX_TOKENS_PER_WINDOW)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # when set, every route but /health (and /metrics, see below) needs "Authorization: Bearer <key>" or X-API-Key
     api_key: SecretStr | None = None

@@ -130,14 +130,19 @@ def _load_ctranslate2(folder: Path, device: str, cache_dir: Path) -> Whisper:
     return model.to(device)
 
 
-def load_model(spec: str, device: str, cache_dir: Path) -> Whisper:
-    """Load model `spec` onto `device`; downloads and conversions go to cache_dir."""
+def load_model(
+    spec: str, device: str, cache_dir: Path, synthetic_tokens: int = synthetic.DEFAULT_TOKENS_PER_WINDOW
+) -> Whisper:
+    """Load model `spec` onto `device`; downloads and conversions go to cache_dir.
+
+    `synthetic_tokens` is the decode length of a "synthetic:<shape>" model (ignored for real ones).
+    """
     kind = classify_spec(spec)
     try:
         if kind is SpecKind.NAME:
             return whisper.load_model(spec, device=device, download_root=str(cache_dir))
         if kind is SpecKind.SYNTHETIC:
-            return synthetic.build_model(synthetic.shape_of(spec), device)
+            return synthetic.build_model(synthetic.shape_of(spec), device, synthetic_tokens)
         path = Path(spec).expanduser()
         if kind is SpecKind.CHECKPOINT:
             return whisper.load_model(str(path), device=device)

@@ -10,8 +10,6 @@ length. Its transcripts are word salad: never use it where recognition quality m
 from __future__ import annotations
 
 import torch
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import get_tokenizer
 
@@ -53,15 +51,6 @@ SHAPES: dict[str, ModelDimensions] = {
 }
 
 
-class SyntheticSettings(BaseSettings):
-    """The knobs of synthetic models, read from WHISPER_SYNTHETIC_* environment variables."""
-
-    model_config = SettingsConfigDict(env_prefix="WHISPER_SYNTHETIC_", extra="ignore", frozen=True)
-
-    # tokens decoded per 30-second window; real speech yields about 50-150
-    tokens: int = Field(DEFAULT_TOKENS_PER_WINDOW, ge=1, le=MAX_TOKENS_PER_WINDOW)
-
-
 class SyntheticWhisper(Whisper):
     """A Whisper of a published shape with seeded random weights and a fixed decode length.
 
@@ -94,10 +83,10 @@ def shape_of(spec: str) -> str:
     return shape
 
 
-def build_model(shape: str, device: str, tokens_per_window: int | None = None, seed: int = SEED) -> SyntheticWhisper:
+def build_model(
+    shape: str, device: str, tokens_per_window: int = DEFAULT_TOKENS_PER_WINDOW, seed: int = SEED
+) -> SyntheticWhisper:
     """A synthetic model built directly on `device`; the same seed gives the same weights there."""
-    if tokens_per_window is None:
-        tokens_per_window = SyntheticSettings().tokens
     target = torch.device(device)
     cuda_devices = []
     if target.type == "cuda":

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pydantic import ValidationError
 from whisper.audio import N_SAMPLES
 from whisper.decoding import DecodingOptions
 
 from app import models, synthetic
+from app.config import ConfigurationError, load_settings
 from app.engine import Transcriber
 from app.models import ModelLoadError, SpecKind
 
@@ -29,21 +29,20 @@ def test_specs_are_classified_without_loading() -> None:
         models.classify_spec("synthetic:huge")
 
 
-def test_load_model_builds_the_shape_with_the_configured_length(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("WHISPER_SYNTHETIC_TOKENS", "17")
-    model = models.load_model("synthetic:tiny", "cpu", tmp_path)
+def test_load_model_builds_the_shape_with_the_configured_length(tmp_path: Path) -> None:
+    model = models.load_model("synthetic:tiny", "cpu", tmp_path, synthetic_tokens=17)
     assert isinstance(model, synthetic.SyntheticWhisper)
     assert model.dims == synthetic.SHAPES["tiny"]
     assert synthetic.decoding_overrides(model)["sample_len"] == 17
     assert list(tmp_path.iterdir()) == []  # nothing downloaded or cached
 
 
-def test_token_count_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_count_is_bounded_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WHISPER_SYNTHETIC_TOKENS", str(synthetic.MAX_TOKENS_PER_WINDOW + 1))
-    with pytest.raises(ValidationError):
-        synthetic.SyntheticSettings()
+    with pytest.raises(ConfigurationError, match="WHISPER_SYNTHETIC_TOKENS"):
+        load_settings()
+    monkeypatch.setenv("WHISPER_SYNTHETIC_TOKENS", "17")
+    assert load_settings().synthetic_tokens == 17
 
 
 def test_large_v3_has_its_own_mels_and_vocabulary() -> None:
