@@ -25,7 +25,7 @@ from whisper.audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE
 from whisper.decoding import DecodingOptions
 
 from app import cuda_decoding, synthetic
-from app.config import default_model_cache_dir
+from app.config import load_settings
 from app.engine import AudioJob, Transcriber
 from app.models import load_model
 from scripts.bench_clips import load_clips
@@ -104,7 +104,8 @@ def identical_tokens(model: torch.nn.Module, engine: Transcriber, jobs: list[Aud
 
 def optimised(model_spec: str, audio: np.ndarray, batches: list[int], repeats: int, profile_stem: Path) -> dict:
     """The engine as the service runs it: throughput by batch size, token identity, a lone clip."""
-    model = load_model(model_spec, "cuda", default_model_cache_dir())
+    settings = load_settings()
+    model = load_model(model_spec, "cuda", settings.model_cache_dir, settings.synthetic_tokens)
     engine = Transcriber(model, max(batches))
     lone = [AudioJob(audio[: int(LONE_SECONDS * SAMPLE_RATE)].copy())]
     engine.transcribe_batch(lone)
@@ -125,7 +126,8 @@ def optimised(model_spec: str, audio: np.ndarray, batches: list[int], repeats: i
 
 def reference(model_spec: str, audio: np.ndarray, cast_once: bool) -> list[dict]:
     """The engine before these optimisations, at the batch sizes of REFERENCE_BATCHES."""
-    model = load_model(model_spec, "cuda", default_model_cache_dir())
+    settings = load_settings()
+    model = load_model(model_spec, "cuda", settings.model_cache_dir, settings.synthetic_tokens)
     with unoptimised(cast_once):
         engine = Transcriber(model, max(REFERENCE_BATCHES))
     return [measure(engine, windows(audio, b), 1) for b in REFERENCE_BATCHES]
