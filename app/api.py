@@ -59,6 +59,10 @@ class WhisperLitAPI(ls.LitAPI):
         self.settings = settings
 
     def setup(self, device: str) -> None:
+        if device.startswith("cuda"):
+            # LitServe leaves every worker's current device at cuda:0: without this, a worker on
+            # cuda:1 would also hold a CUDA context (and allocator caches) on the first GPU
+            torch.cuda.set_device(device)
         spec = self.settings.model or default_model_spec(torch.cuda.is_available())
         model = load_model(spec, device, self.settings.model_cache_dir, self.settings.synthetic_tokens)
         # LitServe numbers its workers; with several per device the label tells them apart

@@ -12,6 +12,7 @@ cover (sampling, beam search).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -48,6 +49,10 @@ class BatchDecoder(Protocol):
 
     def __call__(self, features: Tensor, options: DecodingOptions) -> list[DecodingResult]: ...
 
+    def prepare(self, options: DecodingOptions) -> int:
+        """Do the one-time work for `options` at every batch size now; returns how many graphs it made."""
+        ...
+
 
 class WhisperDecoder:
     """whisper.decode itself: the path on the CPU, and the reference the graphed path must match."""
@@ -58,6 +63,9 @@ class WhisperDecoder:
 
     def __call__(self, features: Tensor, options: DecodingOptions) -> list[DecodingResult]:
         return whisper.decode(self.model, features, options)
+
+    def prepare(self, options: DecodingOptions) -> int:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,8 @@ class GraphedGreedyDecoder:
         self.plan_tensors: dict[GreedyPlan, _PlanTensors] = {}
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self.graph_pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        # one stream for every capture's warm-up run: a new stream per capture costs a driver call
+        self.capture_stream = torch.cuda.Stream(model.device) if self.use_graphs else None
 
     def __call__(self, features: Tensor, options: DecodingOptions) -> list[DecodingResult]:
         prepared = greedy_plan(self.model, options) if features.dtype == self.dtype else None
@@ -192,7 +202,8 @@ class GraphedGreedyDecoder:
         results = []
         for first in range(0, len(features), self.capacity):
             chunk = features[first : first + self.capacity]
-            tokens, sum_logprobs, no_speech = self._decode_chunk(chunk, plan, initial_tokens)
+            with self.on_device():
+                tokens, sum_logprobs, no_speech = self._decode_chunk(chunk, plan, initial_tokens)
             rows = zip(tokens, sum_logprobs, no_speech, strict=True)
             for row, (sequence, logprob, no_speech_prob) in enumerate(rows):
                 if plan.eot in sequence:
@@ -212,13 +223,43 @@ class GraphedGreedyDecoder:
                 )
         return results
 
+    def prepare(self, options: DecodingOptions) -> int:
+        """Capture the graphs of `options`' plan for every batch size bucket, before any request waits.
+
+        Captured lazily, the first pass at each new bucket paid for 26 captures (medium): seconds
+        that a loaded service met at every batch size it had not seen yet. Decoding two tokens of
+        zero features at each bucket runs every graph of that bucket once.
+        """
+        prepared = greedy_plan(self.model, options) if self.use_graphs else None
+        if prepared is None:
+            return 0
+        plan, initial_tokens, _ = prepared
+        before = len(self.graphs)
+        dims = self.model.dims
+        with self.on_device():
+            for rows in self.buckets():
+                shape = (rows, dims.n_audio_ctx, dims.n_audio_state)
+                silence = torch.zeros(shape, dtype=self.dtype, device=self.model.device)
+                self._decode_chunk(silence, plan, initial_tokens, max_tokens=2)
+            torch.cuda.synchronize()
+        return len(self.graphs) - before
+
+    def on_device(self) -> contextlib.AbstractContextManager:
+        """The model's GPU as the current one: captures and replays use the current device's streams,
+        and a worker on cuda:1 would otherwise capture on cuda:0's stream while its kernels run on 1."""
+        return torch.cuda.device(self.model.device) if self.use_graphs else contextlib.nullcontext()
+
+    def buckets(self) -> list[int]:
+        """Every batch size a pass of 1 to `capacity` windows runs with."""
+        return sorted({self.bucket(n) for n in range(1, self.capacity + 1)})
+
     def bucket(self, n_windows: int) -> int:
         """Rows a pass of `n_windows` runs with: the batch size of a graph, at most `capacity`."""
         size = next((s for s in SMALL_BUCKETS if s >= n_windows), math.ceil(n_windows / BUCKET_STEP) * BUCKET_STEP)
         return min(size, self.capacity)
 
     def _decode_chunk(
-        self, features: Tensor, plan: GreedyPlan, initial_tokens: tuple[int, ...]
+        self, features: Tensor, plan: GreedyPlan, initial_tokens: tuple[int, ...], max_tokens: int | None = None
     ) -> tuple[list[list[int]], list[float], list[float]]:
         n_windows = len(features)
         rows = self.bucket(n_windows)
@@ -228,8 +269,9 @@ class GraphedGreedyDecoder:
         self.padding[:rows].copy_(torch.arange(rows, device=features.device) >= n_windows)
         self._launch(("prefill", plan, rows), lambda: self._prefill(plan, constants, rows))
         n_tokens = 1
+        max_tokens = plan.max_tokens if max_tokens is None else min(max_tokens, plan.max_tokens)
         # one host sync a step: an idle GPU for a few microseconds against a wasted step of work
-        while n_tokens < plan.max_tokens and not self.finished.item():
+        while n_tokens < max_tokens and not self.finished.item():
             self._launch(("embed", plan, rows), lambda: self._embed(plan, rows))
             for layer in range(len(self.model.decoder.blocks)):
                 self._self_attend(layer, rows, n_keys=plan.n_initial + n_tokens)
@@ -277,7 +319,7 @@ class GraphedGreedyDecoder:
             self.hidden, self.query, self.attended,
         ]  # fmt: skip
         saved = [tensor.clone() for tensor in state]
-        side = torch.cuda.Stream()
+        side = self.capture_stream
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             work()

@@ -7,6 +7,7 @@ benchmarks all drive.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -130,6 +131,22 @@ class Transcriber:
         self.max_windows_per_pass = self.decode.capacity
         self.decoding_overrides = synthetic.decoding_overrides(model)
         self.last_window_count = 0
+        # requests without a prompt all share one decoding plan (the language is not part of it)
+        started = time.monotonic()
+        graphs = self.decode.prepare(self.decoding_options("transcribe", "en", prompt=None))
+        if graphs:
+            log.info("captured %d decoder graphs in %.1f s", graphs, time.monotonic() - started)
+
+    def decoding_options(self, task: str, language: str, prompt: str | None) -> DecodingOptions:
+        """Greedy options for one group of windows; the engine's fallback changes only the temperature."""
+        return DecodingOptions(
+            task=task,
+            language=language,
+            prompt=prompt,
+            without_timestamps=False,
+            fp16=self.fp16,
+            **self.decoding_overrides,
+        )
 
     def tokenizer(self, task: str, language: str) -> Tokenizer:
         return get_tokenizer(
@@ -197,14 +214,7 @@ class Transcriber:
         last_speech = [0.0] * len(jobs)
         for (language, task, prompt, temperatures), positions in groups.items():
             tokenizer = self.tokenizer(task, language)
-            decoding = DecodingOptions(
-                task=task,
-                language=language,
-                prompt=prompt,
-                without_timestamps=False,
-                fp16=self.fp16,
-                **self.decoding_overrides,
-            )
+            decoding = self.decoding_options(task, language, prompt)
             results = self.decode_with_fallback(features[positions], decoding, temperatures)
             for position, result in zip(positions, results, strict=True):
                 if is_silence(result):

@@ -10,10 +10,12 @@ Writes benchmarks/results/<gpu>-<shape>.json. See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import random
+import re
 import shlex
 import signal
 import socket
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,7 +239,7 @@ def busy_share(before: dict[str, float], after: dict[str, float], wall: float) -
 
 def run_service(
     args: argparse.Namespace, workdir: Path, clips: list[Clip], payloads: dict[str, bytes], lone: Clip | None,
-    gpus: int, clients: int, max_batch_size: int, seconds: float,
+    gpus: int, clients: int, max_batch_size: int, seconds: float, profile_output: Path | None = None,
 ) -> dict:  # fmt: skip
     """Start the service, warm it up, measure it under load (and a lone clip when asked), stop it."""
     env = {
@@ -255,7 +258,8 @@ def run_service(
         # the warm-up meets every batch size the measured run will, so graph captures stay out of it
         closed_loop(service.url, clips, payloads, clients, args.warmup)
         before = service.metrics()
-        load = closed_loop(service.url, clips, payloads, clients, seconds)
+        with sampled_stacks(service, args.profile_worker, profile_output):
+            load = closed_loop(service.url, clips, payloads, clients, seconds)
         after = service.metrics()
         result = {
             "gpus": gpus,
@@ -280,6 +284,62 @@ def run_service(
         result["gpu"] = memory.summary()
     print(json.dumps(result), flush=True)
     return result
+
+
+@contextlib.contextmanager
+def sampled_stacks(service: Service, seconds: float, output: Path | None) -> Iterator[None]:
+    """py-spy over the service's processes for the first `seconds` of the block: where CPU time goes.
+
+    Writes, per process, the functions most often on the stack (inclusive share of samples). Any
+    failure (py-spy missing, ptrace refused) is reported in the file, never fatal to the benchmark.
+    """
+    if not seconds or output is None:
+        yield
+        return
+    raw = output.with_suffix(".raw")
+    command = ["py-spy", "record", "--pid", str(service.process.pid), "--subprocesses", "--nonblocking",
+               "--rate", "50", "--duration", str(int(seconds)), "--format", "raw", "--output", str(raw)]  # fmt: skip
+    try:
+        spy = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except OSError as error:
+        output.write_text(f"py-spy did not start: {error}\n")
+        yield
+        return
+    try:
+        yield
+    finally:
+        log = spy.communicate()[0].decode(errors="replace")
+        output.write_text(summarise_stacks(raw) if raw.exists() else f"py-spy wrote nothing:\n{log}")
+        raw.unlink(missing_ok=True)
+
+
+PROCESS_FRAME = re.compile(r'process (\d+):"([^"]*)";?')
+
+
+def summarise_stacks(raw: Path, top: int = 60) -> str:
+    """Per process: samples, and the `top` functions by share of samples with them on the stack."""
+    per_process: dict[str, dict[str, int]] = {}
+    totals: dict[str, int] = {}
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        # py-spy opens a stack with 'process PID:"command line"' for each process on the way down
+        # (a spawned worker's command line holds ';' itself); the innermost one ran the frames
+        processes = PROCESS_FRAME.findall(stack)
+        frames = [frame for frame in PROCESS_FRAME.sub("", stack).split(";") if frame]
+        if not count.isdigit() or not processes or not frames:
+            continue
+        process = f"process {processes[-1][0]}: {processes[-1][1][:70]}"
+        totals[process] = totals.get(process, 0) + int(count)
+        functions = per_process.setdefault(process, {})
+        # a function counts once per sample however deep it recurses; line numbers are dropped
+        for name in {frame.rsplit(":", 1)[0] for frame in frames}:
+            functions[name] = functions.get(name, 0) + int(count)
+    report = []
+    for process, samples in sorted(totals.items(), key=lambda item: -item[1]):
+        report.append(f"{process}: {samples} samples")
+        ranked = sorted(per_process[process].items(), key=lambda item: -item[1])[:top]
+        report.extend(f"  {100 * n / samples:5.1f}%  {name}" for name, n in ranked)
+    return "\n".join(report) + "\n"
 
 
 def lone_latency(url: str, lone: Clip, audio: bytes) -> dict:
@@ -346,6 +406,10 @@ def main() -> None:
     parser.add_argument("--engine-gpu", default="0", help="CUDA_VISIBLE_DEVICES for the engine-alone run")
     parser.add_argument("--clips", type=Path, help="clips made by scripts/bench_clips.py; made here if absent")
     parser.add_argument("--output", type=Path)
+    parser.add_argument(
+        "--profile-worker", type=float, default=0.0, metavar="SECONDS",
+        help="sample the service's stacks with py-spy during the main measured run; writes <output>.stacks.txt",
+    )  # fmt: skip
     args = parser.parse_args()
     gpu_counts = [int(g) for g in args.gpus.split(",")]
     output = args.output or default_output(args.model, args.device)
@@ -371,6 +435,7 @@ def main() -> None:
             by_gpus[str(gpus)] = run_service(
                 args, workdir, clips, payloads, lone if gpus == gpu_counts[0] else None,
                 gpus, args.clients * gpus, args.max_batch_size, args.duration,
+                output.with_suffix(".stacks.txt") if gpus == gpu_counts[0] else None,
             )  # fmt: skip
         baseline = run_service(
             args, workdir, clips, payloads, None, gpu_counts[0], args.clients * gpu_counts[0], 1, args.baseline_duration
