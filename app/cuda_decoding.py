@@ -17,6 +17,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -35,6 +36,8 @@ NEG_INF = float("-inf")
 # a real row's work, so large batches are padded by at most 15 rows)
 SMALL_BUCKETS = (1, 2, 4, 8, 16)
 BUCKET_STEP = 16
+# steps between two checks whether every row has ended (each check waits for the GPU)
+FINISHED_CHECK_STEPS = 4
 # share of the GPU memory free after loading the model that one worker's windows may take
 MEMORY_FRACTION = 0.9
 # encoder activations of one window, in units of one (n_audio_ctx, n_audio_state) float16 tensor:
@@ -167,8 +170,10 @@ class GraphedGreedyDecoder:
         self.features = zeros(capacity, dims.n_audio_ctx, dims.n_audio_state)
         self.cross_keys = zeros(layers, capacity, dims.n_audio_ctx, width)
         self.cross_values = zeros(layers, capacity, dims.n_audio_ctx, width)
-        self.self_keys = zeros(layers, capacity, dims.n_text_ctx, width)
-        self.self_values = zeros(layers, capacity, dims.n_text_ctx, width)
+        # head-major, so a step's eager attention reads each layer's keys as one slice, no reshaping
+        head_width = width // self.n_head
+        self.self_keys = zeros(layers, capacity, self.n_head, dims.n_text_ctx, head_width)
+        self.self_values = zeros(layers, capacity, self.n_head, dims.n_text_ctx, head_width)
         # whisper casts the float32 embedding for the output projection at every step; cast it once
         self.embedding_t = model.decoder.token_embedding.weight.to(self.dtype).t()
         self.positions = torch.arange(dims.n_text_ctx, device=model.device)
@@ -186,6 +191,9 @@ class GraphedGreedyDecoder:
         self.hidden = zeros(capacity, 1, width)
         self.query = zeros(capacity, 1, width)
         self.attended = zeros(capacity, 1, width)
+        # the same memory seen per head, the layout attention takes and gives (one token: no copy)
+        self.query_heads = self.query.view(capacity, 1, self.n_head, head_width).transpose(1, 2)
+        self.attended_heads = self.attended.view(capacity, 1, self.n_head, head_width).transpose(1, 2)
         self.sampled = zeros(1, dtype=torch.long)
         self.finished = zeros((), dtype=torch.bool)
         self.plan_tensors: dict[GreedyPlan, _PlanTensors] = {}
@@ -267,17 +275,32 @@ class GraphedGreedyDecoder:
         self.features[:n_windows].copy_(features)
         constants.initial[:rows].copy_(torch.tensor(initial_tokens, device=features.device).expand(rows, -1))
         self.padding[:rows].copy_(torch.arange(rows, device=features.device) >= n_windows)
-        self._launch(("prefill", plan, rows), lambda: self._prefill(plan, constants, rows))
+        self._runner(("prefill", plan, rows), lambda: self._prefill(plan, constants, rows))()
+        # a step costs the CPU one eager attention and one replay per layer: everything else is
+        # resolved here, once a chunk (hashing the plan alone took microseconds a call)
+        embed = self._runner(("embed", plan, rows), lambda: self._embed(plan, rows))
+        layers = [
+            (
+                self.self_keys[layer, :rows],
+                self.self_values[layer, :rows],
+                self._runner(("layer", plan, rows, layer), partial(self._finish_layer, plan, constants, rows, layer)),
+            )
+            for layer in range(len(self.model.decoder.blocks))
+        ]
+        query, attended = self.query_heads[:rows], self.attended_heads[:rows]
         n_tokens = 1
         max_tokens = plan.max_tokens if max_tokens is None else min(max_tokens, plan.max_tokens)
-        # one host sync a step: an idle GPU for a few microseconds against a wasted step of work
-        while n_tokens < max_tokens and not self.finished.item():
-            self._launch(("embed", plan, rows), lambda: self._embed(plan, rows))
-            for layer in range(len(self.model.decoder.blocks)):
-                self._self_attend(layer, rows, n_keys=plan.n_initial + n_tokens)
-                self._launch(
-                    ("layer", plan, rows, layer), lambda layer=layer: self._finish_layer(plan, constants, rows, layer)
-                )
+        while n_tokens < max_tokens:
+            # the host waits for the GPU only every few steps, so it can queue the next steps while
+            # the GPU runs; steps after every row ended only append end-of-text, which is cut off
+            if (n_tokens - 1) % FINISHED_CHECK_STEPS == 0 and self.finished.item():
+                break
+            n_keys = plan.n_initial + n_tokens
+            embed()
+            for keys, values, finish_layer in layers:
+                # eager, between graphs: attention over exactly the cached positions, as whisper does
+                attended.copy_(F.scaled_dot_product_attention(query, keys[:, :, :n_keys], values[:, :, :n_keys]))
+                finish_layer()
             n_tokens += 1
         return (
             self.tokens[:n_windows, :n_tokens].tolist(),
@@ -299,16 +322,20 @@ class GraphedGreedyDecoder:
             )
         return self.plan_tensors[plan]
 
-    def _launch(self, key: tuple, work: Callable[[], None]) -> None:
-        """Run `work` eagerly, or replay its graph, capturing it on first use."""
+    def _runner(self, key: tuple, work: Callable[[], None]) -> Callable[[], None]:
+        """What runs `work`: itself without graphs, else its graph's replay, captured on first use."""
         if not self.use_graphs:
-            work()
-            return
+            return work
         graph = self.graphs.get(key)
-        if graph is None:
-            graph = self._capture(work)
-            self.graphs[key] = graph
-        graph.replay()
+        if graph is not None:
+            return graph.replay
+
+        def capture_then_replay() -> None:
+            if key not in self.graphs:
+                self.graphs[key] = self._capture(work)
+            self.graphs[key].replay()
+
+        return capture_then_replay
 
     def _capture(self, work: Callable[[], None]) -> torch.cuda.CUDAGraph:
         # the warm-up run (which lets cuBLAS and the allocator settle outside the capture) really
@@ -352,8 +379,8 @@ class GraphedGreedyDecoder:
 
         def self_attention(layer: int, attention: MultiHeadAttention, x: Tensor) -> Tensor:
             keys, values = attention.key(x), attention.value(x)
-            self.self_keys[layer, :rows, :n_initial] = keys
-            self.self_values[layer, :rows, :n_initial] = values
+            self.self_keys[layer, :rows, :, :n_initial] = self._heads(keys)
+            self.self_values[layer, :rows, :, :n_initial] = self._heads(values)
             return self._attend(attention.query(x), keys, values, causal=n_initial > 1)
 
         x = (decoder.token_embedding(constants.initial[:rows]) + decoder.positional_embedding[:n_initial]).to(
@@ -409,14 +436,12 @@ class GraphedGreedyDecoder:
         attention = self.model.decoder.blocks[layer].attn
         x = self.model.decoder.blocks[layer].attn_ln(self.hidden[:rows])
         self.query[:rows] = attention.query(x)
-        self.self_keys[layer, :rows].index_copy_(1, position, attention.key(x))
-        self.self_values[layer, :rows].index_copy_(1, position, attention.value(x))
+        self.self_keys[layer, :rows].index_copy_(2, position, self._heads(attention.key(x)))
+        self.self_values[layer, :rows].index_copy_(2, position, self._heads(attention.value(x)))
 
-    def _self_attend(self, layer: int, rows: int, n_keys: int) -> None:
-        """Eager, between graphs: attention over exactly the `n_keys` cached positions, as whisper does."""
-        keys = self.self_keys[layer, :rows, :n_keys]
-        values = self.self_values[layer, :rows, :n_keys]
-        self.attended[:rows] = self._attend(self.query[:rows], keys, values)
+    def _heads(self, x: Tensor) -> Tensor:
+        """(rows, tokens, width) as (rows, heads, tokens, head width), the self-attention caches' layout."""
+        return x.view(*x.shape[:2], self.n_head, -1).transpose(1, 2)
 
     def _finish_layer(self, plan: GreedyPlan, constants: _PlanTensors, rows: int, layer: int) -> None:
         """Graph: the rest of `layer`, then the next layer's q, k, v, or after the last the token choice."""
