@@ -40,9 +40,14 @@ BUCKET_STEP = 16
 FINISHED_CHECK_STEPS = 4
 # share of the GPU memory free after loading the model that one worker's windows may take
 MEMORY_FRACTION = 0.9
+# windows the engine encodes at once: the encoder runs as fast per window at 16 as at 256 (measured),
+# and its activations, unlike the decoder's caches, need not grow with the pass
+ENCODER_WINDOWS = 32
 # encoder activations of one window, in units of one (n_audio_ctx, n_audio_state) float16 tensor:
-# the 4x MLP hidden layer, float32 LayerNorm copies, residuals and the features the engine keeps
+# the 4x MLP hidden layer, float32 LayerNorm copies, residuals
 ENCODER_ACTIVATION_COPIES = 24
+# encoder features a pass holds per window: the engine's, their concatenation, the decoder's input
+FEATURE_COPIES = 3
 
 
 class BatchDecoder(Protocol):
@@ -121,19 +126,26 @@ def greedy_plan(model: Whisper, options: DecodingOptions) -> tuple[GreedyPlan, t
 
 
 def bytes_per_window(model: Whisper) -> int:
-    """GPU memory one window of a pass needs: its static caches plus its encoder activations."""
+    """GPU memory one window of a pass needs: its static caches plus its encoder features."""
     dims = model.dims
     half = 2
     cross_cache = 2 * dims.n_text_layer * dims.n_audio_ctx * dims.n_text_state * half
     self_cache = 2 * dims.n_text_layer * dims.n_text_ctx * dims.n_text_state * half
-    encoder = ENCODER_ACTIVATION_COPIES * dims.n_audio_ctx * dims.n_audio_state * half
-    return cross_cache + self_cache + encoder
+    features = FEATURE_COPIES * dims.n_audio_ctx * dims.n_audio_state * half
+    return cross_cache + self_cache + features
+
+
+def encoder_workspace(model: Whisper) -> int:
+    """GPU memory of the encoder's activations for ENCODER_WINDOWS windows, whatever the pass's size."""
+    dims = model.dims
+    return ENCODER_ACTIVATION_COPIES * ENCODER_WINDOWS * dims.n_audio_ctx * dims.n_audio_state * 2
 
 
 def windows_that_fit(model: Whisper, requested: int) -> int:
     """`requested`, or fewer windows per pass where the GPU's free memory holds fewer."""
     free, _ = torch.cuda.mem_get_info(model.device)
-    fit = max(1, int(free * MEMORY_FRACTION) // bytes_per_window(model))
+    usable = int(free * MEMORY_FRACTION) - encoder_workspace(model)
+    fit = max(1, usable // bytes_per_window(model))
     if fit < requested:
         log.warning("%d windows per pass fit in free GPU memory; %d were asked for", fit, requested)
     return min(requested, fit)

@@ -155,11 +155,12 @@ class Transcriber:
 
     @torch.inference_mode()
     def encode(self, waveforms: Sequence[np.ndarray]) -> torch.Tensor:
-        """Encoder features for windows, in passes of at most `max_windows_per_pass`."""
+        """Encoder features for windows, ENCODER_WINDOWS at a time (the activations stay bounded)."""
         dtype = torch.float16 if self.fp16 else torch.float32
         passes = []
-        for first in range(0, len(waveforms), self.max_windows_per_pass):
-            chunk = waveforms[first : first + self.max_windows_per_pass]
+        step = min(self.max_windows_per_pass, cuda_decoding.ENCODER_WINDOWS)
+        for first in range(0, len(waveforms), step):
+            chunk = waveforms[first : first + step]
             mel = log_mel_batch(chunk, self.model.dims.n_mels, self.device).to(dtype)
             passes.append(self.model.encoder(mel))
         return torch.cat(passes)

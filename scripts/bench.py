@@ -319,6 +319,7 @@ PROCESS_FRAME = re.compile(r'process (\d+):"([^"]*)";?')
 def summarise_stacks(raw: Path, top: int = 60) -> str:
     """Per process: samples, and the `top` functions by share of samples with them on the stack."""
     per_process: dict[str, dict[str, int]] = {}
+    innermost: dict[str, dict[str, int]] = {}
     totals: dict[str, int] = {}
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
@@ -334,11 +335,17 @@ def summarise_stacks(raw: Path, top: int = 60) -> str:
         # a function counts once per sample however deep it recurses; line numbers are dropped
         for name in {frame.rsplit(":", 1)[0] for frame in frames}:
             functions[name] = functions.get(name, 0) + int(count)
+        # the line running when sampled: inside a C call (a kernel launch, a wait) it is the caller's
+        lines = innermost.setdefault(process, {})
+        lines[frames[-1]] = lines.get(frames[-1], 0) + int(count)
     report = []
     for process, samples in sorted(totals.items(), key=lambda item: -item[1]):
         report.append(f"{process}: {samples} samples")
         ranked = sorted(per_process[process].items(), key=lambda item: -item[1])[:top]
         report.extend(f"  {100 * n / samples:5.1f}%  {name}" for name, n in ranked)
+        report.append("  where the samples landed (innermost Python line):")
+        ranked = sorted(innermost[process].items(), key=lambda item: -item[1])[:15]
+        report.extend(f"  {100 * n / samples:5.1f}%  {line}" for line, n in ranked)
     return "\n".join(report) + "\n"
 
 
