@@ -182,10 +182,10 @@ class GraphedGreedyDecoder:
         self.features = zeros(capacity, dims.n_audio_ctx, dims.n_audio_state)
         self.cross_keys = zeros(layers, capacity, dims.n_audio_ctx, width)
         self.cross_values = zeros(layers, capacity, dims.n_audio_ctx, width)
-        # head-major, so a step's eager attention reads each layer's keys as one slice, no reshaping
-        head_width = width // self.n_head
-        self.self_keys = zeros(layers, capacity, self.n_head, dims.n_text_ctx, head_width)
-        self.self_values = zeros(layers, capacity, self.n_head, dims.n_text_ctx, head_width)
+        # token-major like whisper's own keys: attention kernels are chosen by shape and strides, and
+        # a head-major cache (measured) changes the choice, and so the rounding, for 1 case in 5
+        self.self_keys = zeros(layers, capacity, dims.n_text_ctx, width)
+        self.self_values = zeros(layers, capacity, dims.n_text_ctx, width)
         # whisper casts the float32 embedding for the output projection at every step; cast it once
         self.embedding_t = model.decoder.token_embedding.weight.to(self.dtype).t()
         self.positions = torch.arange(dims.n_text_ctx, device=model.device)
@@ -203,9 +203,9 @@ class GraphedGreedyDecoder:
         self.hidden = zeros(capacity, 1, width)
         self.query = zeros(capacity, 1, width)
         self.attended = zeros(capacity, 1, width)
-        # the same memory seen per head, the layout attention takes and gives (one token: no copy)
-        self.query_heads = self.query.view(capacity, 1, self.n_head, head_width).transpose(1, 2)
-        self.attended_heads = self.attended.view(capacity, 1, self.n_head, head_width).transpose(1, 2)
+        # the same memory seen per head, as whisper's qkv_attention views its query and output
+        self.query_heads = self._heads(self.query)
+        self.attended_heads = self._heads(self.attended)
         self.sampled = zeros(1, dtype=torch.long)
         self.finished = zeros((), dtype=torch.bool)
         self.plan_tensors: dict[GreedyPlan, _PlanTensors] = {}
@@ -247,8 +247,9 @@ class GraphedGreedyDecoder:
         """Capture the graphs of `options`' plan for every batch size bucket, before any request waits.
 
         Captured lazily, the first pass at each new bucket paid for 26 captures (medium): seconds
-        that a loaded service met at every batch size it had not seen yet. Decoding two tokens of
-        zero features at each bucket runs every graph of that bucket once.
+        that a loaded service met at every batch size it had not seen yet. Decoding every step of
+        zero features at each bucket also runs the eager self-attention at every length it will
+        meet, so the attention library's per-shape set-up happens here too.
         """
         prepared = greedy_plan(self.model, options) if self.use_graphs else None
         if prepared is None:
@@ -260,7 +261,7 @@ class GraphedGreedyDecoder:
             for rows in self.buckets():
                 shape = (rows, dims.n_audio_ctx, dims.n_audio_state)
                 silence = torch.zeros(shape, dtype=self.dtype, device=self.model.device)
-                self._decode_chunk(silence, plan, initial_tokens, max_tokens=2)
+                self._decode_chunk(silence, plan, initial_tokens, stop_when_finished=False)
             torch.cuda.synchronize()
         return len(self.graphs) - before
 
@@ -279,7 +280,11 @@ class GraphedGreedyDecoder:
         return min(size, self.capacity)
 
     def _decode_chunk(
-        self, features: Tensor, plan: GreedyPlan, initial_tokens: tuple[int, ...], max_tokens: int | None = None
+        self,
+        features: Tensor,
+        plan: GreedyPlan,
+        initial_tokens: tuple[int, ...],
+        stop_when_finished: bool = True,
     ) -> tuple[list[list[int]], list[float], list[float]]:
         n_windows = len(features)
         rows = self.bucket(n_windows)
@@ -293,19 +298,18 @@ class GraphedGreedyDecoder:
         embed = self._runner(("embed", plan, rows), lambda: self._embed(plan, rows))
         layers = [
             (
-                self.self_keys[layer, :rows],
-                self.self_values[layer, :rows],
+                self._heads(self.self_keys[layer, :rows]),
+                self._heads(self.self_values[layer, :rows]),
                 self._runner(("layer", plan, rows, layer), partial(self._finish_layer, plan, constants, rows, layer)),
             )
             for layer in range(len(self.model.decoder.blocks))
         ]
         query, attended = self.query_heads[:rows], self.attended_heads[:rows]
         n_tokens = 1
-        max_tokens = plan.max_tokens if max_tokens is None else min(max_tokens, plan.max_tokens)
-        while n_tokens < max_tokens:
+        while n_tokens < plan.max_tokens:
             # the host waits for the GPU only every few steps, so it can queue the next steps while
             # the GPU runs; steps after every row ended only append end-of-text, which is cut off
-            if (n_tokens - 1) % FINISHED_CHECK_STEPS == 0 and self.finished.item():
+            if stop_when_finished and (n_tokens - 1) % FINISHED_CHECK_STEPS == 0 and self.finished.item():
                 break
             n_keys = plan.n_initial + n_tokens
             embed()
@@ -374,10 +378,7 @@ class GraphedGreedyDecoder:
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
         """whisper's qkv_attention (its SDPA branch), on views of the static caches."""
-        q = q.view(*q.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
-        k = k.view(*k.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
-        v = v.view(*v.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        attended = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), is_causal=causal)
         return attended.permute(0, 2, 1, 3).flatten(start_dim=2)
 
     def _prefill(self, plan: GreedyPlan, constants: _PlanTensors, rows: int) -> None:
@@ -391,8 +392,8 @@ class GraphedGreedyDecoder:
 
         def self_attention(layer: int, attention: MultiHeadAttention, x: Tensor) -> Tensor:
             keys, values = attention.key(x), attention.value(x)
-            self.self_keys[layer, :rows, :, :n_initial] = self._heads(keys)
-            self.self_values[layer, :rows, :, :n_initial] = self._heads(values)
+            self.self_keys[layer, :rows, :n_initial] = keys
+            self.self_values[layer, :rows, :n_initial] = values
             return self._attend(attention.query(x), keys, values, causal=n_initial > 1)
 
         x = (decoder.token_embedding(constants.initial[:rows]) + decoder.positional_embedding[:n_initial]).to(
@@ -448,12 +449,12 @@ class GraphedGreedyDecoder:
         attention = self.model.decoder.blocks[layer].attn
         x = self.model.decoder.blocks[layer].attn_ln(self.hidden[:rows])
         self.query[:rows] = attention.query(x)
-        self.self_keys[layer, :rows].index_copy_(2, position, self._heads(attention.key(x)))
-        self.self_values[layer, :rows].index_copy_(2, position, self._heads(attention.value(x)))
+        self.self_keys[layer, :rows].index_copy_(1, position, attention.key(x))
+        self.self_values[layer, :rows].index_copy_(1, position, attention.value(x))
 
     def _heads(self, x: Tensor) -> Tensor:
-        """(rows, tokens, width) as (rows, heads, tokens, head width), the self-attention caches' layout."""
-        return x.view(*x.shape[:2], self.n_head, -1).transpose(1, 2)
+        """(rows, tokens, width) viewed as (rows, heads, tokens, head width), as whisper's attention does."""
+        return x.view(*x.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
 
     def _finish_layer(self, plan: GreedyPlan, constants: _PlanTensors, rows: int, layer: int) -> None:
         """Graph: the rest of `layer`, then the next layer's q, k, v, or after the last the token choice."""

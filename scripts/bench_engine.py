@@ -71,6 +71,7 @@ def measure(engine: Transcriber, jobs: list[AudioJob], repeats: int) -> dict:
     encode = statistics.median(timed(lambda: engine.encode(waveforms)) for _ in range(repeats))
     total = statistics.median(totals)
     seconds = len(jobs) * CHUNK_LENGTH
+    print(f"{len(jobs)} windows: {seconds / total:.1f}x realtime", flush=True)
     return {
         "windows": len(jobs),
         "seconds": round(total, 4),
@@ -178,17 +179,15 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     audio = clip_audio(args.clips)
-    report = {
-        "device": torch.cuda.get_device_name(),
-        "model": args.model,
-        **optimised(
-            args.model, audio, [int(b) for b in args.batches.split(",")], args.repeats, args.output.with_suffix("")
-        ),
-    }
+    report: dict = {"device": torch.cuda.get_device_name(), "model": args.model}
+    # the small unoptimised engines first: the optimised one sizes itself to the GPU's free memory
     for cast_once, label in ((True, "whisper_decode_fp16_once"), (False, "whisper_decode_fp32_weights")):
-        gc.collect()  # the previous engine's graphs and buffers go before the next model loads
-        torch.cuda.empty_cache()
         report[label] = reference(args.model, audio, cast_once)
+        gc.collect()  # this engine's model and caches go before the next one loads
+        torch.cuda.empty_cache()
+        args.output.write_text(json.dumps(report, indent=1))
+    batches = [int(b) for b in args.batches.split(",")]
+    report.update(optimised(args.model, audio, batches, args.repeats, args.output.with_suffix("")))
     args.output.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -102,6 +103,24 @@ def launch_cost(rows: int = 32, n_keys: int = 100, calls: int = 2000) -> dict:
     return results
 
 
+def new_shape_cost(rows: int = 24) -> dict:
+    """CPU time of the first call at each key count (a shape never seen) against a repeat call."""
+    cache_k = torch.randn(rows, CONTEXT, HEADS * HEAD_WIDTH, device="cuda").half()
+    cache_v = torch.randn(rows, CONTEXT, HEADS * HEAD_WIDTH, device="cuda").half()
+    q = whisper_layout(torch.randn(rows, 1, HEADS * HEAD_WIDTH, device="cuda").half())
+    timings: dict[str, list[float]] = {"first": [], "repeat": []}
+    for attempt in ("first", "repeat"):
+        for n_keys in KEY_COUNTS:
+            k, v = whisper_layout(cache_k[:, :n_keys]), whisper_layout(cache_v[:, :n_keys])
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            F.scaled_dot_product_attention(q, k, v)
+            timings[attempt].append(time.perf_counter() - started)
+    return {f"{name}_median_us": round(1e6 * statistics.median(values), 1) for name, values in timings.items()} | {
+        f"{name}_total_ms": round(1e3 * sum(values), 1) for name, values in timings.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path)
@@ -118,6 +137,9 @@ def main() -> None:
         "sdpa forced to flash": forced(SDPBackend.FLASH_ATTENTION),
         "sdpa forced to efficient": forced(SDPBackend.EFFICIENT_ATTENTION),
         "sdpa forced to cudnn": forced(SDPBackend.CUDNN_ATTENTION),
+        "sdpa on a slice of a token-major static cache (the decoder's)": lambda q, k, v, ck, cv, used, n: (
+            F.scaled_dot_product_attention(whisper_layout(q), whisper_layout(ck[:, :n]), whisper_layout(cv[:, :n]))
+        ),
         "sdpa on a head-major copy": lambda q, k, v, *_: F.scaled_dot_product_attention(
             whisper_layout(q), whisper_layout(k).contiguous(), whisper_layout(v).contiguous()
         ),
@@ -131,6 +153,7 @@ def main() -> None:
         "torch": torch.__version__,
         **identity(variants),
         "cpu_us_per_call": launch_cost(),
+        "new_shape_cost": new_shape_cost(),
     }
     text = json.dumps(report, indent=1)
     print(text)
