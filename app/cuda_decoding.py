@@ -279,6 +279,9 @@ class GraphedGreedyDecoder:
         size = next((s for s in SMALL_BUCKETS if s >= n_windows), math.ceil(n_windows / BUCKET_STEP) * BUCKET_STEP)
         return min(size, self.capacity)
 
+    # without it, a caller outside inference mode (start-up) would record every step for autograd:
+    # the weights require grad, and their outputs written into the buffers would keep all activations
+    @torch.inference_mode()
     def _decode_chunk(
         self,
         features: Tensor,

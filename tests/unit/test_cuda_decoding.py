@@ -137,3 +137,15 @@ def test_the_cpu_keeps_whisper_decode(tiny: synthetic.SyntheticWhisper) -> None:
     decoder = cuda_decoding.batch_decoder(tiny, 32)
     assert isinstance(decoder, cuda_decoding.WhisperDecoder)
     assert decoder.capacity == 32
+
+
+def test_decoding_outside_inference_mode_keeps_no_autograd_history(
+    tiny: synthetic.SyntheticWhisper, features: torch.Tensor
+) -> None:
+    """Start-up decodes every bucket outside inference mode; the weights require grad, and outputs
+    written into the static buffers would otherwise chain every step's activations (a GPU OOM)."""
+    decoder = GraphedGreedyDecoder(tiny, capacity=4)
+    options = DecodingOptions(language="en", fp16=False, **synthetic.decoding_overrides(tiny))
+    decoder(features.clone(), options)
+    for buffer in (decoder.hidden, decoder.self_keys, decoder.cross_keys, decoder.sum_logprobs):
+        assert not buffer.requires_grad
