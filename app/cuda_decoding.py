@@ -247,9 +247,8 @@ class GraphedGreedyDecoder:
         """Capture the graphs of `options`' plan for every batch size bucket, before any request waits.
 
         Captured lazily, the first pass at each new bucket paid for 26 captures (medium): seconds
-        that a loaded service met at every batch size it had not seen yet. Decoding every step of
-        zero features at each bucket also runs the eager self-attention at every length it will
-        meet, so the attention library's per-shape set-up happens here too.
+        that a loaded service met at every batch size it had not seen yet. Decoding two tokens of
+        zero features at each bucket runs every graph of that bucket once.
         """
         prepared = greedy_plan(self.model, options) if self.use_graphs else None
         if prepared is None:
@@ -261,7 +260,7 @@ class GraphedGreedyDecoder:
             for rows in self.buckets():
                 shape = (rows, dims.n_audio_ctx, dims.n_audio_state)
                 silence = torch.zeros(shape, dtype=self.dtype, device=self.model.device)
-                self._decode_chunk(silence, plan, initial_tokens, stop_when_finished=False)
+                self._decode_chunk(silence, plan, initial_tokens, max_tokens=2)
             torch.cuda.synchronize()
         return len(self.graphs) - before
 
@@ -287,7 +286,7 @@ class GraphedGreedyDecoder:
         features: Tensor,
         plan: GreedyPlan,
         initial_tokens: tuple[int, ...],
-        stop_when_finished: bool = True,
+        max_tokens: int | None = None,
     ) -> tuple[list[list[int]], list[float], list[float]]:
         n_windows = len(features)
         rows = self.bucket(n_windows)
@@ -309,10 +308,11 @@ class GraphedGreedyDecoder:
         ]
         query, attended = self.query_heads[:rows], self.attended_heads[:rows]
         n_tokens = 1
-        while n_tokens < plan.max_tokens:
+        max_tokens = plan.max_tokens if max_tokens is None else min(max_tokens, plan.max_tokens)
+        while n_tokens < max_tokens:
             # the host waits for the GPU only every few steps, so it can queue the next steps while
             # the GPU runs; steps after every row ended only append end-of-text, which is cut off
-            if stop_when_finished and (n_tokens - 1) % FINISHED_CHECK_STEPS == 0 and self.finished.item():
+            if (n_tokens - 1) % FINISHED_CHECK_STEPS == 0 and self.finished.item():
                 break
             n_keys = plan.n_initial + n_tokens
             embed()

@@ -130,6 +130,18 @@ def _load_ctranslate2(folder: Path, device: str, cache_dir: Path) -> Whisper:
     return model.to(device)
 
 
+def avoid_cudnn_attention() -> None:
+    """Keep cuDNN out of scaled_dot_product_attention in this process, before any model runs.
+
+    torch picks cuDNN's attention for whisper's shapes on Hopper, and cuDNN builds a plan for every
+    new shape: 42 ms of CPU for the first call at each length (H100, scripts/probe_attention.py),
+    against 23 us for a repeat. The decoder's self-attention meets a new length at every token step
+    and every batch size, so a loaded service paid seconds per new batch size. Flash attention needs
+    no such set-up. Set here, where a GPU model is loaded, so whisper's own decode and ours agree.
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def load_model(
     spec: str, device: str, cache_dir: Path, synthetic_tokens: int = synthetic.DEFAULT_TOKENS_PER_WINDOW
 ) -> Whisper:
@@ -138,6 +150,8 @@ def load_model(
     `synthetic_tokens` is the decode length of a "synthetic:<shape>" model (ignored for real ones).
     """
     kind = classify_spec(spec)
+    if device.startswith("cuda"):
+        avoid_cudnn_attention()
     try:
         if kind is SpecKind.NAME:
             return whisper.load_model(spec, device=device, download_root=str(cache_dir))
