@@ -107,10 +107,14 @@ class ServiceProcess:
         """The uvicorn processes serving HTTP, as their start-up lines in the log name them."""
         return [psutil.Process(int(pid)) for pid in HTTP_PROCESS_LINE.findall(self.log_path.read_text())]
 
-    def process_tree_rss(self) -> int:
-        """Resident memory of the main process and all its descendants, in bytes."""
+    def rss_by_role(self) -> dict[str, int]:
+        """Resident memory in bytes of the model workers (spawned) and of every other process of the tree."""
         main = psutil.Process(self.process.pid)
-        return sum(process.memory_info().rss for process in [main, *main.children(recursive=True)])
+        totals = {"model workers": 0, "main and HTTP": 0}
+        for process in [main, *main.children(recursive=True)]:
+            worker = "multiprocessing.spawn" in " ".join(process.cmdline())
+            totals["model workers" if worker else "main and HTTP"] += process.memory_info().rss
+        return totals
 
     def metric_total(self, name: str) -> float:
         """The sum of a metric over all its label values (histograms: pass the _count or _sum series)."""
