@@ -67,7 +67,9 @@ class WhisperLitAPI(ls.LitAPI):
         model = load_model(spec, device, self.settings.model_cache_dir, self.settings.synthetic_tokens)
         # LitServe numbers its workers; with several per device the label tells them apart
         self.worker_label = f"{device}/{os.environ.get('LITSERVE_WORKER_ID', '0')}"
-        self.transcriber = Transcriber(model, self.settings.max_windows_per_pass)
+        # workers on one GPU start together and each would see the whole card free
+        gpu_share = 1.0 / self.settings.workers_per_device
+        self.transcriber = Transcriber(model, self.settings.max_windows_per_pass, gpu_share)
         log.info("model %s ready on %s", spec, device)
 
     def decode_request(self, request: QueuedRequest) -> AudioJob | ItemError:

@@ -141,10 +141,15 @@ def encoder_workspace(model: Whisper) -> int:
     return ENCODER_ACTIVATION_COPIES * ENCODER_WINDOWS * dims.n_audio_ctx * dims.n_audio_state * 2
 
 
-def windows_that_fit(model: Whisper, requested: int) -> int:
-    """`requested`, or fewer windows per pass where the GPU's free memory holds fewer."""
-    free, _ = torch.cuda.mem_get_info(model.device)
-    usable = int(free * MEMORY_FRACTION) - encoder_workspace(model)
+def windows_that_fit(model: Whisper, requested: int, gpu_share: float = 1.0) -> int:
+    """`requested`, or fewer windows per pass where this worker's part of the GPU's memory holds fewer.
+
+    `gpu_share` is the part of the GPU this worker may take: with two workers on one GPU each sizes
+    itself to half of the card, not to the memory it found free (both start at once and see it all).
+    """
+    free, total = torch.cuda.mem_get_info(model.device)
+    available = min(free, int(total * gpu_share)) if gpu_share < 1.0 else free
+    usable = int(available * MEMORY_FRACTION) - encoder_workspace(model)
     fit = max(1, usable // bytes_per_window(model))
     if fit < requested:
         log.warning("%d windows per pass fit in free GPU memory; %d were asked for", fit, requested)
@@ -523,10 +528,10 @@ class GraphedGreedyDecoder:
         self.finished.copy_((chosen == plan.eot).all())
 
 
-def batch_decoder(model: Whisper, max_windows_per_pass: int) -> BatchDecoder:
+def batch_decoder(model: Whisper, max_windows_per_pass: int, gpu_share: float = 1.0) -> BatchDecoder:
     """The graphed decoder on the GPU, sized to free memory; whisper.decode on the CPU."""
     if model.device.type != "cuda":
         return WhisperDecoder(model, max_windows_per_pass)
-    decoder = GraphedGreedyDecoder(model, windows_that_fit(model, max_windows_per_pass))
+    decoder = GraphedGreedyDecoder(model, windows_that_fit(model, max_windows_per_pass, gpu_share))
     log.info("graphed greedy decoding of up to %d windows per pass", decoder.capacity)
     return decoder

@@ -120,13 +120,14 @@ class Transcriber:
     'Hello world.'
     """
 
-    def __init__(self, model: Whisper, max_windows_per_pass: int = 64) -> None:
+    def __init__(self, model: Whisper, max_windows_per_pass: int = 64, gpu_share: float = 1.0) -> None:
         self.model = model
         self.device = model.device
         self.fp16 = self.device.type == "cuda"
         if self.fp16:
             precision.cast_to_fp16(model)
-        self.decode = cuda_decoding.batch_decoder(model, max_windows_per_pass)
+        # gpu_share: the part of the GPU's memory this engine may size its buffers to
+        self.decode = cuda_decoding.batch_decoder(model, max_windows_per_pass, gpu_share)
         # on the GPU the decoder's buffers are sized to free memory: no pass may outgrow them
         self.max_windows_per_pass = self.decode.capacity
         self.decoding_overrides = synthetic.decoding_overrides(model)

@@ -133,6 +133,21 @@ def test_windows_per_pass_are_capped_by_free_memory(
     assert cuda_decoding.windows_that_fit(tiny, 4) == 4
 
 
+def test_workers_sharing_a_gpu_each_size_to_their_share(
+    tiny: synthetic.SyntheticWhisper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    per_window = cuda_decoding.bytes_per_window(tiny)
+    workspace = cuda_decoding.encoder_workspace(tiny)
+    # the card is all free when both workers start; each may plan for half of it
+    total = int(2 * (20.5 * per_window + workspace) / cuda_decoding.MEMORY_FRACTION)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (total, total))
+    assert cuda_decoding.windows_that_fit(tiny, 64, gpu_share=0.5) == 20
+    assert cuda_decoding.windows_that_fit(tiny, 64) > 40
+    # a worker that starts later finds less free than its share, and takes only that
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (total // 4, total))
+    assert cuda_decoding.windows_that_fit(tiny, 64, gpu_share=0.5) < 20
+
+
 def test_the_cpu_keeps_whisper_decode(tiny: synthetic.SyntheticWhisper) -> None:
     decoder = cuda_decoding.batch_decoder(tiny, 32)
     assert isinstance(decoder, cuda_decoding.WhisperDecoder)
