@@ -81,11 +81,16 @@ def measure(engine: Transcriber, jobs: list[AudioJob], repeats: int) -> dict:
     }
 
 
+def unoptimised_decoder(model: torch.nn.Module, capacity: int, gpu_share: float = 1.0) -> cuda_decoding.BatchDecoder:
+    """batch_decoder as it was: whisper.decode at any size (it sizes nothing to memory)."""
+    return cuda_decoding.WhisperDecoder(model, capacity)
+
+
 @contextlib.contextmanager
 def unoptimised(cast_once: bool) -> Iterator[None]:
     """Build Transcribers as the engine was before these optimisations: whisper.decode, fp32 weights."""
     with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(cuda_decoding, "batch_decoder", cuda_decoding.WhisperDecoder))
+        stack.enter_context(mock.patch.object(cuda_decoding, "batch_decoder", unoptimised_decoder))
         if not cast_once:
             stack.enter_context(mock.patch("app.precision.cast_to_fp16", lambda model: model))
         yield
