@@ -190,8 +190,8 @@ class GraphedGreedyDecoder:
         self.features = zeros(capacity, dims.n_audio_ctx, dims.n_audio_state)
         self.cross_keys = zeros(layers, capacity, dims.n_audio_ctx, width)
         self.cross_values = zeros(layers, capacity, dims.n_audio_ctx, width)
-        # token-major like whisper's own keys: attention kernels are chosen by shape and strides, and
-        # a head-major cache (measured) changes the choice, and so the rounding, for 1 case in 5
+        # token-major like whisper's own keys: torch picks an attention kernel by shape and strides,
+        # and the identity with whisper.decode (scripts/bench_engine.py) is measured with this layout
         self.self_keys = zeros(layers, capacity, dims.n_text_ctx, width)
         self.self_values = zeros(layers, capacity, dims.n_text_ctx, width)
         # whisper casts the float32 embedding for the output projection at every step; cast it once

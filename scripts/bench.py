@@ -255,7 +255,7 @@ def run_service(
     }
     print(f"service: {gpus} GPU(s), {clients} clients, max batch size {max_batch_size}", flush=True)
     with Service(workdir, env) as service, GpuMemory() as memory:
-        # the warm-up meets every batch size the measured run will, so graph captures stay out of it
+        # graphs are captured at start-up; the warm-up lets allocators, caches and the clients settle
         closed_loop(service.url, clips, payloads, clients, args.warmup)
         before = service.metrics()
         with sampled_stacks(service, args.profile_worker, profile_output):
