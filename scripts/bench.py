@@ -415,7 +415,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path)
     parser.add_argument(
         "--profile-worker", type=float, default=0.0, metavar="SECONDS",
-        help="sample the service's stacks with py-spy during the main measured run; writes <output>.stacks.txt",
+        help="sample the service's stacks with py-spy in each GPU count's measured run; writes <output>.stacks*.txt",
     )  # fmt: skip
     args = parser.parse_args()
     gpu_counts = [int(g) for g in args.gpus.split(",")]
@@ -442,7 +442,7 @@ def main() -> None:
             by_gpus[str(gpus)] = run_service(
                 args, workdir, clips, payloads, lone if gpus == gpu_counts[0] else None,
                 gpus, args.clients * gpus, args.max_batch_size, args.duration,
-                output.with_suffix(".stacks.txt") if gpus == gpu_counts[0] else None,
+                output.with_suffix(".stacks.txt" if gpus == gpu_counts[0] else f".stacks-{gpus}gpus.txt"),
             )  # fmt: skip
         baseline = run_service(
             args, workdir, clips, payloads, None, gpu_counts[0], args.clients * gpu_counts[0], 1, args.baseline_duration
