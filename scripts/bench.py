@@ -17,8 +17,6 @@ import os
 import random
 import re
 import shlex
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
+from app.config import load_settings
 from scripts.bench_clips import Clip, load_clips, make_clips
+from tests.service import ServiceProcess
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -41,6 +40,8 @@ STARTUP_SECONDS = 600.0
 LONE_REPEATS = 20
 LONE_WARMUP = 3
 REQUEST_TIMEOUT = 600.0
+# a label in a metric sample's key, as ServiceProcess.metric_samples gives it: le="1.0"
+LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 @dataclass
@@ -51,74 +52,6 @@ class Load:
     audio_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Service:
-    """One `python -m app` process configured by WHISPER_* variables, with its own port and dirs."""
-
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"service-{self.port}.log"
-        metrics_dir = workdir / f"metrics-{self.port}"
-        metrics_dir.mkdir(parents=True)
-        self.env = {
-            **os.environ,
-            "WHISPER_HOST": "127.0.0.1",
-            "WHISPER_PORT": str(self.port),
-            "WHISPER_TMP_DIR": str(workdir / f"uploads-{self.port}"),
-            "WHISPER_LOG_LEVEL": "warning",
-            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-            "PYTHONUNBUFFERED": "1",
-            **env,
-        }
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> Service:
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "app"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"service not healthy after {STARTUP_SECONDS} s:\n{self.logs()}")
-
-    def __exit__(self, *_: object) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def metrics(self) -> dict[str, float]:
-        """Every sample of /metrics as {'name{label=value,...}': value}."""
-        text = requests.get(f"{self.url}/metrics", timeout=10).text
-        samples = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                samples[f"{sample.name}{{{labels}}}"] = sample.value
-        return samples
 
 
 # the clips are English; naming the language spares random weights from "detecting" a different one
@@ -205,19 +138,23 @@ class GpuMemory:
         }
 
 
+def labels(sample: str) -> dict[str, str]:
+    """The labels of a sample key as ServiceProcess.metric_samples gives it: 'name{a="1",b="2"}'."""
+    return dict(LABEL.findall(sample))
+
+
 def histogram_delta(before: dict[str, float], after: dict[str, float], name: str) -> dict:
     """Count, mean and per-bucket counts of histogram `name` over a run, summed across workers."""
 
     def total(samples: dict[str, float], suffix: str, le: str | None = None) -> float:
         return sum(
             value for key, value in samples.items()
-            if key.startswith(f"{name}{suffix}{{") and (le is None or f"le={le}," in key + ",")
+            if key.split("{")[0] == f"{name}{suffix}" and (le is None or labels(key).get("le") == le)
         )  # fmt: skip
 
     count = total(after, "_count") - total(before, "_count")
     summed = total(after, "_sum") - total(before, "_sum")
-    edges = sorted({key.split("le=")[1].split(",")[0].rstrip("}") for key in after if key.startswith(f"{name}_bucket")},
-                   key=lambda edge: float(edge))  # fmt: skip
+    edges = sorted({labels(key)["le"] for key in after if key.split("{")[0] == f"{name}_bucket"}, key=float)
     cumulative = {edge: total(after, "_bucket", edge) - total(before, "_bucket", edge) for edge in edges}
     buckets, previous = {}, 0.0
     for edge in edges:
@@ -229,11 +166,10 @@ def histogram_delta(before: dict[str, float], after: dict[str, float], name: str
 
 def busy_share(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
     """Share of the wall time each model worker spent inside predict (its inference_seconds)."""
-    prefix = "whisper_inference_seconds_sum{"
     return {
-        key[len(prefix) : -1]: round((value - before.get(key, 0.0)) / wall, 3)
+        f"worker={labels(key)['worker']}": round((value - before.get(key, 0.0)) / wall, 3)
         for key, value in after.items()
-        if key.startswith(prefix)
+        if key.split("{")[0] == "whisper_inference_seconds_sum"
     }
 
 
@@ -254,13 +190,17 @@ def run_service(
         "WHISPER_MAX_QUEUE": str(2 * clients),
     }
     print(f"service: {gpus} GPU(s), {clients} clients, max batch size {max_batch_size}", flush=True)
-    with Service(workdir, env) as service, GpuMemory() as memory:
+    service = ServiceProcess(
+        Path(tempfile.mkdtemp(prefix="service-", dir=workdir)), load_settings().model_cache_dir, STARTUP_SECONDS,
+        WHISPER_LOG_LEVEL="warning", **env,
+    )  # fmt: skip
+    with service, GpuMemory() as memory:
         # graphs are captured at start-up; the warm-up lets allocators, caches and the clients settle
         closed_loop(service.url, clips, payloads, clients, args.warmup)
-        before = service.metrics()
+        before = service.metric_samples()
         with sampled_stacks(service, args.profile_worker, profile_output):
             load = closed_loop(service.url, clips, payloads, clients, seconds)
-        after = service.metrics()
+        after = service.metric_samples()
         result = {
             "gpus": gpus,
             "clients": clients,
@@ -287,7 +227,7 @@ def run_service(
 
 
 @contextlib.contextmanager
-def sampled_stacks(service: Service, seconds: float, output: Path | None) -> Iterator[None]:
+def sampled_stacks(service: ServiceProcess, seconds: float, output: Path | None) -> Iterator[None]:
     """py-spy over the service's processes for the first `seconds` of the block: where CPU time goes.
 
     Writes, per process, the functions most often on the stack (inclusive share of samples). Any

@@ -34,6 +34,21 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
     raise TimeoutError(f"not within {timeout} s: {what}")
 
 
+def wait_until_ready(process: subprocess.Popen, url: str, timeout: float, logs: Callable[[], str]) -> None:
+    """Poll `url` until it answers 200; fail at once, with the log, if `process` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{logs()}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout} s:\n{logs()}")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -43,7 +58,10 @@ def free_port() -> int:
 class ServiceProcess:
     """One `python -m app` process with its own port, upload dir and metrics dir."""
 
-    def __init__(self, workdir: Path, model_cache_dir: Path, **env: str) -> None:
+    def __init__(
+        self, workdir: Path, model_cache_dir: Path, startup_seconds: float = STARTUP_SECONDS, **env: str
+    ) -> None:
+        self.startup_seconds = startup_seconds
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.upload_dir = workdir / "uploads"
@@ -73,19 +91,15 @@ class ServiceProcess:
         self.wait_until_healthy()
         return self
 
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def wait_until_healthy(self) -> None:
         """Poll /health until the model is loaded; fail early with the log if the process died."""
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"service not healthy after {STARTUP_SECONDS} s:\n{self.logs()}")
+        wait_until_ready(self.process, f"{self.url}/health", self.startup_seconds, self.logs)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
@@ -110,10 +124,10 @@ class ServiceProcess:
     def rss_by_role(self) -> dict[str, int]:
         """Resident memory in bytes of the model workers (spawned) and of every other process of the tree."""
         main = psutil.Process(self.process.pid)
+        workers = {worker.pid for worker in self.inference_workers()}
         totals = {"model workers": 0, "main and HTTP": 0}
         for process in [main, *main.children(recursive=True)]:
-            worker = "multiprocessing.spawn" in " ".join(process.cmdline())
-            totals["model workers" if worker else "main and HTTP"] += process.memory_info().rss
+            totals["model workers" if process.pid in workers else "main and HTTP"] += process.memory_info().rss
         return totals
 
     def metric_total(self, name: str) -> float:

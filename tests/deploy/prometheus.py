@@ -17,7 +17,7 @@ import requests
 import yaml
 
 from tests.deploy.tools import CONFIG, KUBERNETES, load_yaml, require
-from tests.service import free_port
+from tests.service import free_port, wait_until_ready
 
 SCRAPE_INTERVAL = "1s"
 STARTUP_SECONDS = 30.0
@@ -93,17 +93,8 @@ class PrometheusProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                if requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"prometheus not ready after {STARTUP_SECONDS} s:\n{self.logs()}")
+        wait_until_ready(self.process, f"{self.url}/-/ready", STARTUP_SECONDS, self.logs)
+        return self
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
