@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from multiprocessing.managers import SyncManager
 from multiprocessing.process import BaseProcess
+from operator import attrgetter
 
 import litserve as ls
 from fastapi import Response
@@ -15,6 +16,7 @@ from fastapi import Response
 from app import metrics, native_api, request_log
 from app.admission import HEALTH_PATH, Admission, HealthGate
 from app.api import WhisperLitAPI, resolve_device
+from app.batching import DeadlineBatchedLoop
 from app.config import Settings, litserve_devices, load_settings
 from app.errors import ItemError
 from app.lifecycle import Supervisor
@@ -58,6 +60,8 @@ def build_server(settings: Settings) -> WhisperServer:
         max_batch_size=settings.max_batch_size,
         batch_timeout=settings.batch_timeout,
         spec=spec,
+        # with batch size 1 LitServe's unbatched loop has nothing to gather
+        loop=DeadlineBatchedLoop(attrgetter("submitted_at")) if settings.max_batch_size > 1 else "auto",
     )
     open_paths = frozenset({HEALTH_PATH} if settings.metrics_require_key else {HEALTH_PATH, METRICS_PATH})
 

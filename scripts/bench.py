@@ -345,11 +345,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients per GPU")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of measured load per run")
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds of load before each measured run")
-    parser.add_argument("--baseline-duration", type=float, default=30.0)
+    parser.add_argument(
+        "--baseline-duration", type=float, default=30.0, help="seconds of the one-at-a-time run; 0 skips it"
+    )
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--batch-timeout", type=float, default=0.05)
     parser.add_argument("--windows-per-pass", type=int, default=256)
-    parser.add_argument("--engine-batches", default="1,16,64,128,256")
+    parser.add_argument("--engine-batches", default="1,16,64,128,256", help="windows per pass; empty skips the engine")
     parser.add_argument("--engine-gpu", default="0", help="CUDA_VISIBLE_DEVICES for the engine-alone run")
     parser.add_argument("--clips", type=Path, help="clips made by scripts/bench_clips.py; made here if absent")
     parser.add_argument("--output", type=Path)
@@ -384,25 +386,32 @@ def main() -> None:
                 gpus, args.clients * gpus, args.max_batch_size, args.duration,
                 output.with_suffix(".stacks.txt" if gpus == gpu_counts[0] else f".stacks-{gpus}gpus.txt"),
             )  # fmt: skip
-        baseline = run_service(
-            args, workdir, clips, payloads, None, gpu_counts[0], args.clients * gpu_counts[0], 1, args.baseline_duration
-        )
+        baseline = None
+        if args.baseline_duration:
+            baseline = run_service(
+                args, workdir, clips, payloads, None, gpu_counts[0], args.clients * gpu_counts[0], 1,
+                args.baseline_duration,
+            )  # fmt: skip
         report["command"] = "python -m scripts.bench " + shlex.join(sys.argv[1:])
         report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         write_report(output, report, by_gpus, baseline, None)
-        engine = run_engine(args, output.with_suffix(".engine.json"), clips_dir) if args.device == "cuda" else None
+        engine = None
+        if args.device == "cuda" and args.engine_batches:
+            engine = run_engine(args, output.with_suffix(".engine.json"), clips_dir)
     write_report(output, report, by_gpus, baseline, engine)
 
 
-def write_report(output: Path, report: dict, by_gpus: dict[str, dict], baseline: dict, engine: dict | None) -> None:
+def write_report(
+    output: Path, report: dict, by_gpus: dict[str, dict], baseline: dict | None, engine: dict | None
+) -> None:
     """The results JSON; written once the services are measured, and again with the engine's figures."""
     main_run = next(iter(by_gpus.values()))
     best = max(engine["optimised"], key=lambda row: row["rtf"]) if engine else None
     report.update(
         {
             "service_rtf": main_run["rtf"],
-            "baseline_rtf": baseline["rtf"],
-            "ratio_vs_one_at_a_time": round(main_run["rtf"] / baseline["rtf"], 2),
+            "baseline_rtf": baseline["rtf"] if baseline else None,
+            "ratio_vs_one_at_a_time": round(main_run["rtf"] / baseline["rtf"], 2) if baseline else None,
             "engine_rtf": best["rtf"] if best else None,
             "engine_best_windows_per_pass": best["windows"] if best else None,
             "lone_10s_p50_ms": main_run["lone_10s"]["p50_ms"],
