@@ -1,79 +1,37 @@
-"""How a model worker gathers requests into one pass: LitServe's batched loop with a queueing deadline.
+"""How model workers gather requests into passes when several share one queue: one gathers at a time.
 
-LitServe's own collation waits WHISPER_BATCH_TIMEOUT from the moment the worker starts collecting,
-unless the batch fills. A worker back from a long pass, with the requests that arrived meanwhile
-already waiting, therefore still idles the whole timeout before its next pass: 5% of the wall time
-at one-second passes, on every pass. Here the wait ends WHISPER_BATCH_TIMEOUT after the oldest
-gathered request was queued (Triton's "max queue delay"): a backlog goes at once, and an idle
-worker that receives a request waits at most the timeout, counted from that request's queueing,
-for companions.
+LitServe's batched loop gathers for WHISPER_BATCH_TIMEOUT from the moment a worker starts
+collecting. With several workers on one queue, two workers back from their passes at nearly the
+same moment gather in overlapping windows and split the requests that arrive between them: each
+runs a smaller pass, and a decode step costs nearly the same for 8 windows as for 32 (the step is
+bound by its per-step work, not by the rows), so the GPUs do less per second. Here the workers
+take turns: a worker gathers only while no other worker does, exactly as LitServe gathers; with
+one worker the turn is never contended and nothing changes.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from queue import Empty, Queue
+import multiprocessing
+from queue import Queue
 
 from litserve import LitAPI
-from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
 from litserve.loops.simple_loops import BatchedLoop
 from litserve.transport.base import MessageTransport
-from litserve.utils import LitAPIStatus, LoopResponseType
-
-# an idle worker returns to LitServe's loop this often while no request arrives
-IDLE_POLL_SECONDS = 1.0
-
-# (response queue id, uid, arrival time, payload), as the HTTP process queues it
-Queued = tuple[int, str, float, object]
 
 
-class DeadlineBatchedLoop(BatchedLoop):
-    """LitServe's BatchedLoop; only how a batch is gathered differs (see the module's docstring).
+class TurnTakingBatchedLoop(BatchedLoop):
+    """LitServe's BatchedLoop whose workers gather one at a time.
 
-    `queued_at(payload)` gives the time.monotonic() at which the HTTP process queued the payload
-    (system-wide on Linux, so comparable across processes).
+    Create it in the main process: the lock travels to each spawned worker with the LitAPI.
     """
 
-    def __init__(self, queued_at: Callable[[object], float]) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.queued_at = queued_at
+        # LitServe spawns its model workers; a lock from the default (fork) context cannot go with them
+        self.gathering = multiprocessing.get_context("spawn").Lock()
 
     def get_batch_requests(
         self, lit_api: LitAPI, request_queue: Queue, transport: MessageTransport
-    ) -> tuple[list[tuple[int, str, object]], list[tuple[int, str]]]:
-        """(response queue id, uid, payload) of each request of the next pass, and those already out of time."""
-        payloads: list[tuple[int, str, object]] = []
-        timed_out: list[tuple[int, str]] = []
-        try:
-            first = request_queue.get(timeout=IDLE_POLL_SECONDS)
-        except Empty:
-            return payloads, timed_out
-        deadline = None
-        item: Queued | None = first
-        while item is not None:
-            if item == _SENTINEL_VALUE:
-                raise _StopLoopError()
-            response_queue_id, uid, arrived_at, payload = item
-            self.put_response(
-                transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR
-            )  # fmt: skip
-            if lit_api.request_timeout not in (-1, False) and time.monotonic() - arrived_at > lit_api.request_timeout:
-                timed_out.append((response_queue_id, uid))
-            else:
-                payloads.append((response_queue_id, uid, payload))
-                if deadline is None:
-                    deadline = self.queued_at(payload) + lit_api.batch_timeout
-            if len(payloads) >= lit_api.max_batch_size:
-                break
-            item = next_request(request_queue, deadline)
-        return payloads, timed_out
-
-
-def next_request(request_queue: Queue, deadline: float | None) -> Queued | None:
-    """The next queued request if one is there, or arrives before `deadline`; None otherwise."""
-    remaining = 0.0 if deadline is None else deadline - time.monotonic()
-    try:
-        return request_queue.get(timeout=remaining) if remaining > 0 else request_queue.get_nowait()
-    except Empty:
-        return None
+    ) -> tuple[list, list]:
+        with self.gathering:
+            return super().get_batch_requests(lit_api, request_queue, transport)

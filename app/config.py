@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     # most requests LitServe gathers into one predict call
     max_batch_size: int = Field(16, ge=1, le=1024)
-    # most seconds a request waits in the queue for companions before its pass starts (app/batching.py)
+    # seconds a free model worker gathers requests for its next pass, unless WHISPER_MAX_BATCH_SIZE fills first
     batch_timeout: float = Field(0.05, ge=0.0, le=10.0)
     # model workers per device (each holds its own copy of the weights)
     workers_per_device: int = Field(1, ge=1, le=64)

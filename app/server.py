@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from multiprocessing.managers import SyncManager
 from multiprocessing.process import BaseProcess
-from operator import attrgetter
 
 import litserve as ls
 from fastapi import Response
@@ -16,7 +15,7 @@ from fastapi import Response
 from app import metrics, native_api, request_log
 from app.admission import HEALTH_PATH, Admission, HealthGate
 from app.api import WhisperLitAPI, resolve_device
-from app.batching import DeadlineBatchedLoop
+from app.batching import TurnTakingBatchedLoop
 from app.config import Settings, litserve_devices, load_settings
 from app.errors import ItemError
 from app.lifecycle import Supervisor
@@ -61,7 +60,7 @@ def build_server(settings: Settings) -> WhisperServer:
         batch_timeout=settings.batch_timeout,
         spec=spec,
         # with batch size 1 LitServe's unbatched loop has nothing to gather
-        loop=DeadlineBatchedLoop(attrgetter("submitted_at")) if settings.max_batch_size > 1 else "auto",
+        loop=TurnTakingBatchedLoop() if settings.max_batch_size > 1 else "auto",
     )
     open_paths = frozenset({HEALTH_PATH} if settings.metrics_require_key else {HEALTH_PATH, METRICS_PATH})
 
