@@ -216,6 +216,17 @@ def run_service(
             "batch_size": histogram_delta(before, after, "whisper_batch_size"),
             "windows_per_pass": histogram_delta(before, after, "whisper_batch_windows"),
             "worker_busy_share": busy_share(before, after, load.wall_seconds),
+            # where a request's time went, server side: arrival to answer, ffmpeg, queued until its
+            # pass began, one pass; the rest of arrival-to-answer is the HTTP process's own
+            "mean_seconds": {
+                part: histogram_delta(before, after, name)["mean"]
+                for part, name in (
+                    ("request", "whisper_request_duration_seconds"),
+                    ("decode", "whisper_audio_decode_seconds"),
+                    ("queue_wait", "whisper_queue_wait_seconds"),
+                    ("pass", "whisper_inference_seconds"),
+                )
+            },
         }
         if load.errors:
             print(f"errors {load.errors}; the service's log ends:\n{service.logs()}", flush=True)
