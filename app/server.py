@@ -15,7 +15,6 @@ from fastapi import Response
 from app import metrics, native_api, request_log
 from app.admission import HEALTH_PATH, Admission, HealthGate
 from app.api import WhisperLitAPI, resolve_device
-from app.batching import TurnTakingBatchedLoop
 from app.config import Settings, litserve_devices, load_settings
 from app.errors import ItemError
 from app.lifecycle import Supervisor
@@ -59,8 +58,6 @@ def build_server(settings: Settings) -> WhisperServer:
         max_batch_size=settings.max_batch_size,
         batch_timeout=settings.batch_timeout,
         spec=spec,
-        # with batch size 1 LitServe's unbatched loop has nothing to gather
-        loop=TurnTakingBatchedLoop() if settings.max_batch_size > 1 else "auto",
     )
     open_paths = frozenset({HEALTH_PATH} if settings.metrics_require_key else {HEALTH_PATH, METRICS_PATH})
 
