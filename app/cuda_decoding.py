@@ -151,7 +151,7 @@ def windows_that_fit(model: Whisper, requested: int, gpu_share: float = 1.0) -> 
     itself to half of the card, not to the memory it found free (both start at once and see it all).
     """
     free, total = torch.cuda.mem_get_info(model.device)
-    available = min(free, int(total * gpu_share)) if gpu_share < 1.0 else free
+    available = min(free, int(total * gpu_share))
     usable = int(available * MEMORY_FRACTION) - encoder_workspace(model)
     fit = max(1, usable // bytes_per_window(model))
     if fit < requested:

@@ -32,7 +32,7 @@ import requests
 
 from app.config import load_settings
 from scripts.bench_clips import Clip, load_clips, make_clips
-from tests.service import ServiceProcess
+from tests.service import ServiceProcess, sample_labels, sample_name
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -40,8 +40,6 @@ STARTUP_SECONDS = 600.0
 LONE_REPEATS = 20
 LONE_WARMUP = 3
 REQUEST_TIMEOUT = 600.0
-# a label in a metric sample's key, as ServiceProcess.metric_samples gives it: le="1.0"
-LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 @dataclass
@@ -138,23 +136,18 @@ class GpuMemory:
         }
 
 
-def labels(sample: str) -> dict[str, str]:
-    """The labels of a sample key as ServiceProcess.metric_samples gives it: 'name{a="1",b="2"}'."""
-    return dict(LABEL.findall(sample))
-
-
 def histogram_delta(before: dict[str, float], after: dict[str, float], name: str) -> dict:
     """Count, mean and per-bucket counts of histogram `name` over a run, summed across workers."""
 
     def total(samples: dict[str, float], suffix: str, le: str | None = None) -> float:
         return sum(
             value for key, value in samples.items()
-            if key.split("{")[0] == f"{name}{suffix}" and (le is None or labels(key).get("le") == le)
+            if sample_name(key) == f"{name}{suffix}" and (le is None or sample_labels(key).get("le") == le)
         )  # fmt: skip
 
     count = total(after, "_count") - total(before, "_count")
     summed = total(after, "_sum") - total(before, "_sum")
-    edges = sorted({labels(key)["le"] for key in after if key.split("{")[0] == f"{name}_bucket"}, key=float)
+    edges = sorted({sample_labels(key)["le"] for key in after if sample_name(key) == f"{name}_bucket"}, key=float)
     cumulative = {edge: total(after, "_bucket", edge) - total(before, "_bucket", edge) for edge in edges}
     buckets, previous = {}, 0.0
     for edge in edges:
@@ -167,9 +160,9 @@ def histogram_delta(before: dict[str, float], after: dict[str, float], name: str
 def busy_share(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
     """Share of the wall time each model worker spent inside predict (its inference_seconds)."""
     return {
-        f"worker={labels(key)['worker']}": round((value - before.get(key, 0.0)) / wall, 3)
+        f"worker={sample_labels(key)['worker']}": round((value - before.get(key, 0.0)) / wall, 3)
         for key, value in after.items()
-        if key.split("{")[0] == "whisper_inference_seconds_sum"
+        if sample_name(key) == "whisper_inference_seconds_sum"
     }
 
 

@@ -49,6 +49,20 @@ def wait_until_ready(process: subprocess.Popen, url: str, timeout: float, logs: 
     raise TimeoutError(f"{url} not ready after {timeout} s:\n{logs()}")
 
 
+# a label in a metric sample's key, as ServiceProcess.metric_samples gives it: le="1.0"
+LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def sample_name(sample: str) -> str:
+    """The metric name of a sample key as ServiceProcess.metric_samples gives it: 'name{a="1"}' -> 'name'."""
+    return sample.split("{")[0]
+
+
+def sample_labels(sample: str) -> dict[str, str]:
+    """The labels of a sample key as ServiceProcess.metric_samples gives it: 'name{a="1",b="2"}'."""
+    return dict(LABEL.findall(sample))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -132,7 +146,7 @@ class ServiceProcess:
 
     def metric_total(self, name: str) -> float:
         """The sum of a metric over all its label values (histograms: pass the _count or _sum series)."""
-        return sum(value for sample, value in self.metric_samples().items() if sample.split("{")[0] == name)
+        return sum(value for sample, value in self.metric_samples().items() if sample_name(sample) == name)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

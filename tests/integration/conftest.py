@@ -15,11 +15,10 @@ TEST_BATCH_TIMEOUT = "1.0"
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(
+    with ServiceProcess(
         tmp_path_factory.mktemp("service"),
         model_cache_dir,
         WHISPER_MAX_BATCH_SIZE="8",
         WHISPER_BATCH_TIMEOUT=TEST_BATCH_TIMEOUT,
-    ).start()
-    yield process
-    process.stop()
+    ) as process:
+        yield process
