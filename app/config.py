@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.synthetic import DEFAULT_TOKENS_PER_WINDOW, MAX_TOKENS_PER_WINDOW
+from app.worker.synthetic import DEFAULT_TOKENS_PER_WINDOW, MAX_TOKENS_PER_WINDOW
 
 ENV_PREFIX = "WHISPER_"
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from app.admission import Admission, Phase
+from app.web.admission import Admission, Phase
 
 log = logging.getLogger(__name__)
 

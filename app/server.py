@@ -12,17 +12,18 @@ from multiprocessing.process import BaseProcess
 import litserve as ls
 from fastapi import Response
 
-from app import metrics, native_api, request_log
-from app.admission import HEALTH_PATH, Admission, HealthGate
-from app.api import WhisperLitAPI, resolve_device
+from app import metrics
 from app.config import Settings, litserve_devices, load_settings
 from app.errors import ItemError
 from app.lifecycle import Supervisor
-from app.request_log import RequestLogMiddleware
-from app.routes import TranscriptionRoutes
-from app.schema import describe_uploads
-from app.security import ApiKeyMiddleware
-from app.uploads import claim_upload_dir
+from app.web import native_api, request_log
+from app.web.admission import HEALTH_PATH, Admission, HealthGate
+from app.web.request_log import RequestLogMiddleware
+from app.web.routes import TranscriptionRoutes
+from app.web.schema import describe_uploads
+from app.web.security import ApiKeyMiddleware
+from app.web.uploads import claim_upload_dir
+from app.worker.litapi import WhisperLitAPI, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from torch.profiler import ProfilerActivity
 from whisper.audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE
 from whisper.decoding import DecodingOptions, DecodingResult
 
-from app import cuda_decoding, precision, synthetic
 from app.config import load_settings
-from app.engine import AudioJob, Transcriber, log_mel_batch
-from app.models import load_model
+from app.worker import cuda_decoding, precision, synthetic
+from app.worker.engine import AudioJob, Transcriber, log_mel_batch
+from app.worker.loading import load_model
 from scripts.bench_clips import load_clips
 
 LONE_SECONDS = 10.0
@@ -92,7 +92,7 @@ def unoptimised(cast_once: bool) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(cuda_decoding, "batch_decoder", unoptimised_decoder))
         if not cast_once:
-            stack.enter_context(mock.patch("app.precision.cast_to_fp16", lambda model: model))
+            stack.enter_context(mock.patch("app.worker.precision.cast_to_fp16", lambda model: model))
         yield
 
 

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Imported here, after making the checkout importable: `app` need not be installed.
     sys.path.insert(0, str(REPO_ROOT))
-    from app.ctranslate2_import import CTranslate2ImportError, convert_to_file
+    from app.worker.ctranslate2_import import CTranslate2ImportError, convert_to_file
 
     try:
         dims = convert_to_file(args.folder, args.output)

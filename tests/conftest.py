@@ -13,7 +13,7 @@ import torch
 import whisper
 from whisper.model import ModelDimensions, Whisper
 
-from app import ctranslate2_import
+from app.worker import ctranslate2_import
 from tests.speech import SENTENCES, convert, long_speech, speak
 
 SPEECH_TEXT = "hello world, this is a test"

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from whisper.audio import SAMPLE_RATE
 
-from app.audio import WAVEFORM_DTYPE
 from app.config import ENV_PREFIX, Settings
+from app.web.audio import WAVEFORM_DTYPE
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"

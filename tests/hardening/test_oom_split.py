@@ -10,9 +10,9 @@ import torch
 from whisper.audio import SAMPLE_RATE
 from whisper.model import Whisper
 
-from app.engine import AudioJob, Transcriber
 from app.errors import ItemError, Reason
-from app.transcript import Transcript
+from app.worker.engine import AudioJob, Transcriber
+from app.worker.segments import Transcript
 
 # the simulated GPU holds this many seconds of audio in one pass
 GPU_SECONDS = 60

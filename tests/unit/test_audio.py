@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from whisper.audio import SAMPLE_RATE
 
-from app.audio import decode_upload, ffmpeg_decode_command, load_waveform
 from app.errors import Reason, RequestError
+from app.web.audio import decode_upload, ffmpeg_decode_command, load_waveform
 from tests.speech import duration_seconds
 
 

@@ -13,8 +13,8 @@ import whisper
 from whisper.audio import N_SAMPLES
 from whisper.decoding import ApplyTimestampRules, DecodingOptions
 
-from app import cuda_decoding, synthetic
-from app.cuda_decoding import GraphedGreedyDecoder, greedy_plan
+from app.worker import cuda_decoding, synthetic
+from app.worker.cuda_decoding import GraphedGreedyDecoder, greedy_plan
 
 TOKENS = 6
 

@@ -15,10 +15,10 @@ from whisper.decoding import DecodingResult
 from whisper.model import Whisper
 from whisper.tokenizer import get_tokenizer
 
-from app.engine import AudioJob, Transcriber, log_mel_batch, needs_fallback
 from app.errors import ItemError, Reason
-from app.transcript import Transcript, window_segments
-from app.windows import Window
+from app.worker.engine import AudioJob, Transcriber, log_mel_batch, needs_fallback
+from app.worker.segments import Transcript, window_segments
+from app.worker.windows import Window
 
 
 def words(text: str) -> list[str]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.formats import RENDER_TEXT, to_text, verbose_json
-from app.transcript import Segment, Transcript, Word
+from app.web.formats import RENDER_TEXT, to_text, verbose_json
+from app.worker.segments import Segment, Transcript, Word
 
 EXPECTED = Path(__file__).parent / "data"
 

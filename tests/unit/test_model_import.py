@@ -1,4 +1,4 @@
-"""Tests for app.ctranslate2_import and scripts/import_model.py.
+"""Tests for app.worker.ctranslate2_import and scripts/import_model.py.
 
 The reference for "correct" is CTranslate2 itself running the same folder.
 """
@@ -20,8 +20,8 @@ import torch
 import whisper
 from whisper.model import Whisper
 
-from app import ctranslate2_import
-from app.ctranslate2_import import CTranslate2ImportError
+from app.worker import ctranslate2_import
+from app.worker.ctranslate2_import import CTranslate2ImportError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_EN_DIMS = {

@@ -1,4 +1,4 @@
-"""Tests for app.models: spec kinds, defaults, display names, the CT2 cache and error messages.
+"""Tests for app.worker.loading: spec kinds, defaults, display names, the CT2 cache and error messages.
 
 Named models are never downloaded here: whisper.load_model is replaced where a name is loaded.
 """
@@ -15,13 +15,14 @@ import pytest
 import torch
 import whisper
 
-from app import ctranslate2_import, models
-from app.models import ModelLoadError, SpecKind
+from app.worker import ctranslate2_import
+from app.worker import loading as models
+from app.worker.loading import ModelLoadError, SpecKind
 
 
 @pytest.fixture
 def conversion_count(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Records every CT2 conversion that app.models triggers."""
+    """Records every CT2 conversion that app.worker.loading triggers."""
     calls: list[Path] = []
     real = ctranslate2_import.convert_to_file
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from app import precision, synthetic
+from app.worker import precision, synthetic
 
 
 def test_cast_once_keeps_float32_where_whisper_computes_in_float32() -> None:

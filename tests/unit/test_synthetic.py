@@ -10,10 +10,11 @@ import torch
 from whisper.audio import N_SAMPLES
 from whisper.decoding import DecodingOptions
 
-from app import models, synthetic
 from app.config import ConfigurationError, load_settings
-from app.engine import Transcriber
-from app.models import ModelLoadError, SpecKind
+from app.worker import loading as models
+from app.worker import synthetic
+from app.worker.engine import Transcriber
+from app.worker.loading import ModelLoadError, SpecKind
 
 TOKENS = 6
 

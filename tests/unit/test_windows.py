@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 from whisper.audio import N_SAMPLES, SAMPLE_RATE
 
-from app.windows import BOUNDARY_SEARCH_SECONDS, quietest_sample, split_waveform
+from app.worker.windows import BOUNDARY_SEARCH_SECONDS, quietest_sample, split_waveform
 
 
 def tone(seconds: float) -> np.ndarray:

@@ -20,18 +20,19 @@ from fastapi import Request, Response
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
 
-from app import metrics, native_api, openai_api
-from app.admission import Admission
-from app.api import Outcome, QueuedRequest
-from app.audio import decode_upload
+from app import metrics
 from app.config import Settings
 from app.errors import RETRY_AFTER_SECONDS, ItemError, Reason, RequestError
-from app.forms import ErrorRenderer, Plan
-from app.models import default_model_spec, model_display_name
-from app.native_api import DETECT_LANGUAGE_PATH, TRANSCRIBE_PATH
-from app.openai_api import OPENAI_MODEL_NAME, TRANSCRIPTIONS_PATH, TRANSLATIONS_PATH
-from app.request_log import Reported, RequestRecord, record_of
-from app.uploads import RequestFiles, Upload, receive_upload
+from app.web import native_api, openai_api
+from app.web.admission import Admission
+from app.web.audio import decode_upload
+from app.web.forms import ErrorRenderer, Plan
+from app.web.native_api import DETECT_LANGUAGE_PATH, TRANSCRIBE_PATH
+from app.web.openai_api import OPENAI_MODEL_NAME, TRANSCRIPTIONS_PATH, TRANSLATIONS_PATH
+from app.web.request_log import Reported, RequestRecord, record_of
+from app.web.uploads import RequestFiles, Upload, receive_upload
+from app.worker.litapi import Outcome, QueuedRequest
+from app.worker.loading import default_model_spec, model_display_name
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ import torch
 from whisper.audio import SAMPLE_RATE
 
 from app import metrics
-from app.audio import load_waveform
 from app.config import Settings
-from app.engine import AudioJob, LanguageDetection, LanguageGuess, Transcriber, TranscriptionOptions
 from app.errors import ItemError, Reason
-from app.models import default_model_spec, load_model
-from app.request_log import Reported, WorkerTiming
-from app.transcript import Transcript
+from app.web.audio import load_waveform
+from app.web.request_log import Reported, WorkerTiming
+from app.worker.engine import AudioJob, LanguageDetection, LanguageGuess, Transcriber, TranscriptionOptions
+from app.worker.loading import default_model_spec, load_model
+from app.worker.segments import Transcript
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from whisper.audio import HOP_LENGTH, SAMPLE_RATE
 from whisper.decoding import DecodingResult
 from whisper.tokenizer import Tokenizer
 
-from app.windows import Window
+from app.worker.windows import Window
 
 # seconds per timestamp token: the encoder halves the mel frame rate
 TIME_PRECISION = 2 * HOP_LENGTH / SAMPLE_RATE

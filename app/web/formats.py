@@ -8,7 +8,7 @@ from __future__ import annotations
 from whisper.tokenizer import LANGUAGES
 from whisper.utils import format_timestamp
 
-from app.transcript import Segment, Transcript
+from app.worker.segments import Segment, Transcript
 
 TEXT_FORMATS = ("text", "srt", "vtt", "tsv")
 JSON_FORMATS = ("json", "verbose_json")

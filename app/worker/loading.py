@@ -16,7 +16,7 @@ import torch
 import whisper
 from whisper.model import Whisper
 
-from app import ctranslate2_import, synthetic
+from app.worker import ctranslate2_import, synthetic
 
 GPU_DEFAULT_MODEL = "medium"
 CPU_FALLBACK_MODEL = "tiny.en"

@@ -19,11 +19,11 @@ from whisper.decoding import DecodingOptions, DecodingResult, detect_language
 from whisper.model import Whisper
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
-from app import cuda_decoding, precision, synthetic
-from app.alignment import add_words
 from app.errors import ItemError, Reason
-from app.transcript import Segment, Transcript, window_segments
-from app.windows import split_waveform
+from app.worker import cuda_decoding, precision, synthetic
+from app.worker.alignment import add_words
+from app.worker.segments import Segment, Transcript, window_segments
+from app.worker.windows import split_waveform
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 from fastapi import Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from app.engine import TASKS, LanguageDetection, LanguageGuess, TranscriptionOptions
 from app.errors import ItemError
-from app.formats import MEDIA_TYPES, RENDER_TEXT, RESPONSE_FORMATS, verbose_json
-from app.forms import Plan, boolean_field, choice_field, language_field, prompt_field, temperature_field
-from app.transcript import Transcript
-from app.uploads import Upload
+from app.web.formats import MEDIA_TYPES, RENDER_TEXT, RESPONSE_FORMATS, verbose_json
+from app.web.forms import Plan, boolean_field, choice_field, language_field, prompt_field, temperature_field
+from app.web.uploads import Upload
+from app.worker.engine import TASKS, LanguageDetection, LanguageGuess, TranscriptionOptions
+from app.worker.segments import Transcript
 
 TRANSCRIBE_PATH = "/transcribe"
 DETECT_LANGUAGE_PATH = "/detect-language"

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.engine import TASKS
 from app.errors import STATUS_BY_REASON
-from app.formats import RESPONSE_FORMATS
-from app.native_api import DETECT_LANGUAGE_PATH, TRANSCRIBE_PATH
-from app.openai_api import GRANULARITIES, TRANSCRIPTIONS_PATH, TRANSLATIONS_PATH
+from app.web.formats import RESPONSE_FORMATS
+from app.web.native_api import DETECT_LANGUAGE_PATH, TRANSCRIBE_PATH
+from app.web.openai_api import GRANULARITIES, TRANSCRIPTIONS_PATH, TRANSLATIONS_PATH
+from app.worker.engine import TASKS
 
 FILE = {"type": "string", "format": "binary", "description": "audio or video; its content, not its name, decides"}
 LANGUAGE = {"type": "string", "description": "ISO-639-1 code such as 'en'; empty detects it"}
@@ -81,7 +81,7 @@ def describe_uploads(app: FastAPI, open_paths: frozenset[str] | None) -> Callabl
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            document = get_openapi(title=app.title, version=app.version, routes=app.web.routes)
             for path, form in UPLOAD_FORMS.items():
                 upload_operation(document["paths"][path]["post"], form)
             if open_paths is not None:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from fastapi import Response
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
-from app.engine import LanguageDetection, LanguageGuess, TranscriptionOptions
 from app.errors import ItemError, Reason, RequestError
-from app.transcript import Transcript
+from app.worker.engine import LanguageDetection, LanguageGuess, TranscriptionOptions
+from app.worker.segments import Transcript
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")

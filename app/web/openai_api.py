@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from fastapi import Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from app.engine import TranscriptionOptions
 from app.errors import ItemError, Reason, RequestError
-from app.formats import MEDIA_TYPES, RENDER_TEXT, RESPONSE_FORMATS, verbose_json
-from app.forms import Plan, bad_option, choice_field, language_field, prompt_field, temperature_field
-from app.transcript import Transcript
-from app.uploads import Upload
+from app.web.formats import MEDIA_TYPES, RENDER_TEXT, RESPONSE_FORMATS, verbose_json
+from app.web.forms import Plan, bad_option, choice_field, language_field, prompt_field, temperature_field
+from app.web.uploads import Upload
+from app.worker.engine import TranscriptionOptions
+from app.worker.segments import Transcript
 
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 TRANSLATIONS_PATH = "/v1/audio/translations"

@@ -14,8 +14,8 @@ from whisper.model import Whisper
 from whisper.timing import add_word_timestamps
 from whisper.tokenizer import Tokenizer
 
-from app.transcript import Segment, Word
-from app.windows import Window
+from app.worker.segments import Segment, Word
+from app.worker.windows import Window
 
 
 def seconds(value: float) -> float:

@@ -1,0 +1,1 @@
+"""The HTTP side: LitServe API server processes that receive, decode and answer uploads."""

@@ -1,0 +1,1 @@
+"""The model side: the LitServe worker hooks and the inference engine they call."""
