@@ -29,6 +29,13 @@ class Reason(str, Enum):
     TIMEOUT = "timeout"
     STORAGE_FULL = "storage_full"
     INFERENCE_FAILED = "inference_failed"
+    # the audio decoded to samples no recording holds: NaN, infinities, or magnitudes far past full scale
+    INVALID_SAMPLES = "invalid_samples"
+    # the body arrived slower than WHISPER_MIN_UPLOAD_RATE_KB
+    UPLOAD_TOO_SLOW = "upload_too_slow"
+    # refused before routing: headers past WHISPER_MAX_HEADER_KB or WHISPER_MAX_HEADERS, or bytes that are not HTTP
+    HEADERS_TOO_LARGE = "headers_too_large"
+    BAD_REQUEST = "bad_request"
 
 
 STATUS_BY_REASON: dict[Reason, int] = {
@@ -49,6 +56,10 @@ STATUS_BY_REASON: dict[Reason, int] = {
     Reason.TIMEOUT: 504,
     Reason.STORAGE_FULL: 507,
     Reason.INFERENCE_FAILED: 500,
+    Reason.INVALID_SAMPLES: 400,
+    Reason.UPLOAD_TOO_SLOW: 408,
+    Reason.HEADERS_TOO_LARGE: 431,
+    Reason.BAD_REQUEST: 400,
 }
 
 # failures that go away by themselves: the response tells the client, in Retry-After, when to try again

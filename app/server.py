@@ -15,9 +15,10 @@ from fastapi import Response
 from app import metrics
 from app.config import Settings, litserve_devices, load_settings
 from app.errors import ItemError
-from app.lifecycle import Supervisor
+from app.lifecycle import HTTP_STOP_SECONDS, Supervisor
 from app.web import native_api, request_log
 from app.web.admission import HEALTH_PATH, Admission, HealthGate
+from app.web.connections import ConnectionLimits, HeaderCountLimit, connections_that_fit, guarded_protocol
 from app.web.request_log import RequestLogMiddleware
 from app.web.routes import TranscriptionRoutes
 from app.web.schema import describe_uploads
@@ -36,6 +37,8 @@ class WhisperServer(ls.LitServer):
     def __init__(self, api: WhisperLitAPI, supervisor: Supervisor, **options: object) -> None:
         super().__init__(api, **options)
         self.supervisor = supervisor
+        # LitServe's 30 s for uvicorn to finish would come on top of the drain: by then every request is answered
+        self.uvicorn_graceful_timeout = HTTP_STOP_SECONDS
 
     def _start_worker_monitoring(self, manager: SyncManager, uvicorn_workers: dict) -> None:
         # LitServe calls this once every process runs; its own monitor would leave waiting requests hanging
@@ -70,6 +73,7 @@ def build_server(settings: Settings) -> WhisperServer:
     if settings.api_key:
         key = settings.api_key.get_secret_value()
         middlewares.append((ApiKeyMiddleware, {"key": key, "open_paths": open_paths, "render_error": render_error}))
+    middlewares.append((HeaderCountLimit, {"max_headers": settings.max_headers, "render_error": render_error}))
     middlewares.append((RequestLogMiddleware, {}))
     accelerator = resolve_device(settings.device)
     server = WhisperServer(
@@ -103,6 +107,12 @@ def main() -> None:
     metrics.clear_multiprocess_dir()
     server = build_server(settings)
     server.supervisor.install_signal_handler()
+    limits = ConnectionLimits(
+        max_connections=connections_that_fit(settings.max_connections, settings.decode_concurrency),
+        header_timeout=settings.header_timeout,
+        max_header_bytes=settings.max_header_kb * 1000,
+    )
+    log.info("each HTTP process holds at most %d connections", limits.max_connections)
     server.run(
         host=settings.host,
         port=settings.port,
@@ -110,5 +120,8 @@ def main() -> None:
         generate_client_file=False,
         # one JSON line per request comes from RequestLogMiddleware instead
         access_log=False,
+        # h11, not httptools: httptools reads headers of any size before the app can refuse them
+        http=guarded_protocol(limits),
+        h11_max_incomplete_event_size=limits.max_header_bytes,
     )
     raise SystemExit(server.supervisor.exit_code)

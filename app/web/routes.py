@@ -30,7 +30,7 @@ from app.web.forms import ErrorRenderer, Plan
 from app.web.native_api import DETECT_LANGUAGE_PATH, TRANSCRIBE_PATH
 from app.web.openai_api import OPENAI_MODEL_NAME, TRANSCRIPTIONS_PATH, TRANSLATIONS_PATH
 from app.web.request_log import Reported, RequestRecord, record_of
-from app.web.uploads import RequestFiles, Upload, receive_upload
+from app.web.uploads import RequestFiles, Upload, UploadPace, receive_upload
 from app.worker.litapi import Outcome, QueuedRequest
 from app.worker.loading import default_model_spec, model_display_name
 
@@ -133,7 +133,7 @@ class TranscriptionRoutes(LitSpec):
     async def handle(
         self, request: Request, route: str, plan: Callable[[Upload], Plan], render_error: ErrorRenderer
     ) -> Response:
-        """The life of one upload: admit, receive, validate, probe and decode, queue, answer.
+        """The life of one upload: receive, validate, admit, probe and decode, queue, answer.
 
         Temp files are always removed, and all of it happens within WHISPER_REQUEST_TIMEOUT of arrival.
         """
@@ -142,19 +142,27 @@ class TranscriptionRoutes(LitSpec):
         timeout = self.settings.request_timeout
 
         async def serve() -> Response | ItemError:
-            upload = await receive_upload(request, files.upload, int(self.settings.max_upload_mb * 1e6))
+            upload = await receive_upload(
+                request,
+                files.upload,
+                int(self.settings.max_upload_mb * 1e6),
+                UploadPace(self.settings.min_upload_rate_kb * 1000, self.settings.upload_grace),
+                partial(self.admission.refuse_unless_serving, waiting=True),
+            )
             record.upload_bytes = upload.file_size
             planned = plan(upload)
-            await self.decode(files, record)
-            outcome = await self.submit(
-                QueuedRequest(str(files.waveform), planned.work, time.monotonic()), started, record
-            )
+            # a place is taken only once the body is here: a slow client holds its connection, not a place
+            with self.admission.admit():
+                await self.decode(files, record)
+                outcome = await self.submit(
+                    QueuedRequest(str(files.waveform), planned.work, time.monotonic()), started, record
+                )
             return outcome if isinstance(outcome, ItemError) else planned.render(outcome)
 
         metrics.IN_FLIGHT.inc()
         files = RequestFiles.create(self.settings.tmp_dir)
         try:
-            with self.admission.admit():
+            with self.admission.arrive():
                 result = await asyncio.wait_for(serve(), timeout)
         except asyncio.TimeoutError:
             result = ItemError(Reason.TIMEOUT, f"the request did not finish within {timeout:g} s; its work was dropped")

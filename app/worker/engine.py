@@ -143,11 +143,21 @@ class Transcriber:
         return DecodingOptions(
             task=task,
             language=language,
-            prompt=prompt,
+            prompt=self.prompt_tokens(task, language, prompt),
             without_timestamps=False,
             fp16=self.fp16,
             **self.decoding_overrides,
         )
+
+    def prompt_tokens(self, task: str, language: str, prompt: str | None) -> list[int] | None:
+        """The prompt's tokens as whisper's DecodingTask would encode them, but always as text.
+
+        "<|endoftext|>" in a prompt is those 13 characters, never the special token; tiktoken's default, which
+        DecodingTask keeps, raises on such text and failed the request.
+        """
+        if not prompt:
+            return None
+        return self.tokenizer(task, language).encode(" " + prompt.strip(), disallowed_special=())
 
     def tokenizer(self, task: str, language: str) -> Tokenizer:
         return get_tokenizer(

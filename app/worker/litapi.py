@@ -17,7 +17,7 @@ import torch
 from whisper.audio import SAMPLE_RATE
 
 from app import metrics
-from app.config import Settings
+from app.config import ConfigurationError, Settings
 from app.errors import ItemError, Reason
 from app.web.audio import load_waveform
 from app.web.request_log import Reported, WorkerTiming
@@ -42,9 +42,18 @@ class QueuedRequest:
 
 
 def resolve_device(setting: str) -> str:
-    """`auto` means CUDA when torch sees a GPU."""
+    """`auto` means CUDA when torch sees a GPU; `cuda` without one stops start-up with what to fix."""
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        build = f"torch {torch.__version__} is built for CUDA {torch.version.cuda}"
+        if torch.version.cuda is None:
+            build = f"torch {torch.__version__} is a CPU-only build (install the CUDA build of torch)"
+        raise ConfigurationError(
+            f"WHISPER_DEVICE=cuda, but torch finds no working GPU: {build}. Check that `nvidia-smi` sees a GPU "
+            "and the driver is new enough for that CUDA version, that a container was given the GPU "
+            "(`--gpus all`, or Compose's device reservation), or set WHISPER_DEVICE=auto or cpu to run on the CPU"
+        )
     return setting
 
 
