@@ -18,7 +18,7 @@ from app.errors import ItemError
 from app.lifecycle import HTTP_STOP_SECONDS, Supervisor
 from app.web import native_api, request_log
 from app.web.admission import HEALTH_PATH, Admission, HealthGate
-from app.web.connections import ConnectionLimits, HeaderCountLimit, connections_that_fit, guarded_protocol
+from app.web.connections import ConnectionLimits, HeaderLimits, connections_that_fit, guarded_protocol
 from app.web.request_log import RequestLogMiddleware
 from app.web.routes import TranscriptionRoutes
 from app.web.schema import describe_uploads
@@ -73,7 +73,8 @@ def build_server(settings: Settings) -> WhisperServer:
     if settings.api_key:
         key = settings.api_key.get_secret_value()
         middlewares.append((ApiKeyMiddleware, {"key": key, "open_paths": open_paths, "render_error": render_error}))
-    middlewares.append((HeaderCountLimit, {"max_headers": settings.max_headers, "render_error": render_error}))
+    header_limits = {"max_headers": settings.max_headers, "max_header_bytes": settings.max_header_kb * 1000}
+    middlewares.append((HeaderLimits, {**header_limits, "render_error": render_error}))
     middlewares.append((RequestLogMiddleware, {}))
     accelerator = resolve_device(settings.device)
     server = WhisperServer(

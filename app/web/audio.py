@@ -238,7 +238,7 @@ def check_samples(path: Path) -> None:
     del waveform
     if not_finite:
         raise RequestError(
-            Reason.INVALID_SAMPLES, f"the audio holds {not_finite} samples that are NaN or infinite; no recording does"
+            Reason.INVALID_SAMPLES, f"the audio holds {not_finite} NaN or infinite samples; no recording does"
         )
     if too_loud:
         raise RequestError(

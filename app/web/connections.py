@@ -126,20 +126,35 @@ class GuardedH11Protocol(H11Protocol):
         self.refuse(MALFORMED, Reason.BAD_REQUEST, "the request is not valid HTTP/1.1")
 
 
-class HeaderCountLimit:
-    """ASGI middleware, outermost: a request with more than `max_headers` headers gets 431 before anything reads it."""
+class HeaderLimits:
+    """ASGI middleware, outermost but for the log: too many or too large headers get 431 before anything reads them.
 
-    def __init__(self, app: ASGIApp, max_headers: int, render_error: Callable[[str, ItemError], Response]) -> None:
+    h11 refuses a header block past the size limit while it is still arriving; one that arrives whole in a single
+    read (up to 256 KB) is complete before h11 measures it, so its size is checked here.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_headers: int, max_header_bytes: int, render_error: Callable[[str, ItemError], Response]
+    ) -> None:
         self.app = app
         self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
         self.render_error = render_error
 
+    def problem(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        if len(headers) > self.max_headers:
+            return f"the request has more than {self.max_headers} headers"
+        if sum(len(name) + len(value) for name, value in headers) > self.max_header_bytes:
+            return f"the request headers pass the {self.max_header_bytes / 1000:g} KB limit"
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or len(scope["headers"]) <= self.max_headers:
+        problem = self.problem(scope["headers"]) if scope["type"] == "http" else None
+        if problem is None:
             await self.app(scope, receive, send)
             return
-        metrics.CONNECTIONS_REFUSED.labels("too_many_headers").inc()
+        metrics.CONNECTIONS_REFUSED.labels("headers_too_large").inc()
         metrics.ERRORS.labels(Reason.HEADERS_TOO_LARGE.value).inc()
-        error = ItemError(Reason.HEADERS_TOO_LARGE, f"the request has more than {self.max_headers} headers")
-        response = self.render_error(scope["path"], error)
+        response = self.render_error(scope["path"], ItemError(Reason.HEADERS_TOO_LARGE, problem))
+        response.headers["Connection"] = "close"
         await response(scope, receive, send)
