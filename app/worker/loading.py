@@ -16,6 +16,7 @@ import torch
 import whisper
 from whisper.model import Whisper
 
+from app.config import DEFAULT_TOKENS_PER_WINDOW
 from app.worker import ctranslate2_import, synthetic
 
 GPU_DEFAULT_MODEL = "medium"
@@ -143,7 +144,7 @@ def avoid_cudnn_attention() -> None:
 
 
 def load_model(
-    spec: str, device: str, cache_dir: Path, synthetic_tokens: int = synthetic.DEFAULT_TOKENS_PER_WINDOW
+    spec: str, device: str, cache_dir: Path, synthetic_tokens: int = DEFAULT_TOKENS_PER_WINDOW
 ) -> Whisper:
     """Load model `spec` onto `device`; downloads and conversions go to cache_dir.
 
