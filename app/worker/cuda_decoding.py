@@ -40,8 +40,8 @@ BUCKET_STEP = 16
 FINISHED_CHECK_STEPS = 4
 # share of the GPU memory free after loading the model that one worker's windows may take
 MEMORY_FRACTION = 0.9
-# windows the engine encodes at once: the encoder runs as fast per window at 16 as at 256 (measured),
-# and its activations, unlike the decoder's caches, need not grow with the pass
+# windows the engine encodes at once: the encoder runs as fast per window at 16 as at 256 (benchmarks/README.md
+# "Figures behind the engine's constants"), and its activations, unlike the decoder's caches, need not grow with the pass
 ENCODER_WINDOWS = 32
 # encoder activations of one window, in units of one (n_audio_ctx, n_audio_state) float16 tensor:
 # the 4x MLP hidden layer, float32 LayerNorm copies, residuals
@@ -49,7 +49,7 @@ ENCODER_ACTIVATION_COPIES = 24
 # encoder features a pass holds per window: the engine's, their concatenation, the decoder's input
 FEATURE_COPIES = 3
 # the captured graphs' private memory pool, in the same units: the prefill's temporaries stay in it
-# (measured on an H100: 3.6 GB for a capacity of about 170 windows, 7 units a window)
+# (7 units a window as measured: benchmarks/README.md "Figures behind the engine's constants")
 GRAPH_POOL_COPIES = 8
 
 
