@@ -143,9 +143,7 @@ def avoid_cudnn_attention() -> None:
     torch.backends.cuda.enable_cudnn_sdp(False)
 
 
-def load_model(
-    spec: str, device: str, cache_dir: Path, synthetic_tokens: int = DEFAULT_TOKENS_PER_WINDOW
-) -> Whisper:
+def load_model(spec: str, device: str, cache_dir: Path, synthetic_tokens: int = DEFAULT_TOKENS_PER_WINDOW) -> Whisper:
     """Load model `spec` onto `device`; downloads and conversions go to cache_dir.
 
     `synthetic_tokens` is the decode length of a "synthetic:<shape>" model (ignored for real ones).
