@@ -14,7 +14,8 @@ from enum import IntEnum
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import Reason, RequestError
+from app.contract import Reason
+from app.web.errors import RequestError
 
 HEALTH_PATH = "/health"
 
@@ -53,7 +54,7 @@ class Admission:
         self._in_flight = multiprocessing.Value("i", 0)
         self._phase = multiprocessing.Value("i", Phase.SERVING, lock=False)
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, object]:
         # shared memory made for forked children cannot be pickled into a spawned worker, which needs none
         return {"max_held": self.max_held, "_held": None, "_in_flight": None, "_phase": None}
 

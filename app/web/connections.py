@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from app import metrics
-from app.errors import ItemError, Reason
+from app.contract import ItemError, Reason
 
 # descriptors an HTTP process needs besides its connections: listening socket, queues, metric files, logs,
 # and each ffmpeg's three pipes

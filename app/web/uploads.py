@@ -21,7 +21,8 @@ from typing import BinaryIO
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import Reason, RequestError
+from app.contract import Reason
+from app.web.errors import RequestError
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ async def paced(
     """`chunks`, checked every PACE_POLL_SECONDS even while none comes: the pace, and `still_wanted` (which raises)."""
     started = time.monotonic()
     received = 0
-    pending: asyncio.Future | None = None
+    pending: asyncio.Future[bytes | None] | None = None
     try:
         while True:
             # the read is not cancelled between polls: cancelling a stream's read would end the stream
@@ -251,7 +252,7 @@ async def receive_upload(
         receiver = _FormReceiver(audio)
         callbacks = {name: getattr(receiver, name) for name in dir(receiver) if name.startswith("on_")}
         try:
-            parser = MultipartParser(params[b"boundary"], callbacks)
+            parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
             async for chunk in paced(request.stream(), pace, still_wanted):
                 received += len(chunk)
                 if received > max_bytes:
