@@ -74,6 +74,7 @@ def test_a_64_mb_header_bomb_is_refused_after_the_limit(hardened: ServiceProcess
         prober.join()
     growth = psutil.Process(http.pid).memory_info().rss - rss_before
     print(f"sent {sent / 2**20:.1f} MB in {seconds:.2f} s, answer {status}, HTTP RSS +{growth / 2**20:.1f} MiB")
+    print(f"/health: slowest of {len(health)} answers {max(health):.2f} s")
     assert sent < BUFFERED_BYTES, "the server kept reading headers past its limit"
     assert seconds < 5
     assert status in (431, None), "a 431, or a reset that overtook it"

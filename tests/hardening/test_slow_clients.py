@@ -98,7 +98,14 @@ def test_idle_connections_past_the_open_file_limit_leave_room_for_health_and_upl
             idle.append(socket.create_connection(("127.0.0.1", few_files.port), timeout=10))
         # queued behind every idle connection in the listen backlog
         health = status_of(lambda: requests.get(f"{few_files.url}/health", timeout=20))
-        upload = status_of(lambda: few_files.transcribe(fox_wav))
+        upload = status_of(
+            lambda: requests.post(
+                f"{few_files.url}/transcribe",
+                files={"file": ("fox.wav", fox_wav.read_bytes())},
+                headers=few_files.auth_headers,
+                timeout=120,
+            )
+        )
     finally:
         for connection in idle:
             connection.close()

@@ -6,6 +6,7 @@ Also the converted-model cache, whose key is the model's content: every clone an
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,25 +14,39 @@ from pathlib import Path
 import pytest
 
 from app.worker.loading import _cache_path
+from tests.service import free_port
 
 pytestmark = pytest.mark.integration
 
 EXIT_SECONDS = 60
 
 
-def start_up(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """Run `python -m app` with `env` until it exits (it must, these settings are refused)."""
-    environment = {**os.environ, "WHISPER_TMP_DIR": str(tmp_path / "uploads"), "WHISPER_PORT": "8999", **env}
-    return subprocess.run(
-        [sys.executable, "-m", "app"], env=environment, capture_output=True, text=True, timeout=EXIT_SECONDS
+def start_up(tmp_path: Path, **env: str) -> tuple[int, str]:
+    """Run `python -m app` with `env` until it exits, as it must with these settings: (status, output)."""
+    environment = {**os.environ, "WHISPER_TMP_DIR": str(tmp_path / "uploads"), "WHISPER_PORT": str(free_port()), **env}
+    service = subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
+    try:
+        output, _ = service.communicate(timeout=EXIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        # it started serving instead: stop it and everything it started
+        os.killpg(service.pid, signal.SIGKILL)
+        output, _ = service.communicate()
+        return -1, output
+    return service.returncode, output
 
 
 @pytest.mark.parametrize("key", ["", "   "], ids=["empty", "spaces"])
 def test_a_blank_api_key_stops_start_up_with_a_message(tmp_path: Path, key: str) -> None:
-    finished = start_up(tmp_path, WHISPER_API_KEY=key, WHISPER_DEVICE="cpu")
-    assert finished.returncode != 0
-    assert "WHISPER_API_KEY is set but blank" in finished.stderr, finished.stderr[-2000:]
+    status, output = start_up(tmp_path, WHISPER_API_KEY=key, WHISPER_DEVICE="cpu")
+    assert status > 0, "it exited on its own, with a failure"
+    assert "WHISPER_API_KEY is set but blank" in output, output[-2000:]
 
 
 @pytest.mark.skipif(
@@ -39,9 +54,8 @@ def test_a_blank_api_key_stops_start_up_with_a_message(tmp_path: Path, key: str)
     reason="this host has a GPU",
 )
 def test_cuda_without_a_gpu_stops_start_up_naming_the_fix(tmp_path: Path) -> None:
-    finished = start_up(tmp_path, WHISPER_DEVICE="cuda")
-    assert finished.returncode != 0
-    message = finished.stderr
+    status, message = start_up(tmp_path, WHISPER_DEVICE="cuda")
+    assert status > 0, "it exited on its own, with a failure"
     assert "WHISPER_DEVICE=cuda, but torch finds no working GPU" in message, message[-2000:]
     assert "nvidia-smi" in message and "WHISPER_DEVICE=auto or cpu" in message
     assert "num_api_servers" not in message

@@ -142,3 +142,11 @@ def test_a_failing_job_fails_alone(transcriber: Transcriber, five_second_clips: 
     assert results[1].reason is Reason.INFERENCE_FAILED and status_of(results[1]) == 500
     assert passed.statistics.windows == 3, "the windows of the three jobs that succeeded"
     assert "fox" in results[0].text.lower()
+
+
+@pytest.mark.parametrize("prompt", ["<|endoftext|>", "names: <|startoftranscript|><|en|>"])
+def test_a_prompt_spelling_special_tokens_is_encoded_as_text(transcriber: Transcriber, prompt: str) -> None:
+    tokenizer = transcriber.tokenizer("transcribe", "en")
+    tokens = transcriber.decoding_options("transcribe", "en", prompt).prompt
+    assert isinstance(tokens, list) and not set(tokens) & set(tokenizer.special_tokens.values())
+    assert tokenizer.decode(tokens) == " " + prompt
