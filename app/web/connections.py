@@ -93,8 +93,9 @@ class GuardedH11Protocol(H11Protocol):
         self.loop.call_later(self.limits.header_timeout, self._headers_due, self.cycle)
 
     def _headers_due(self, cycle_when_armed: object) -> None:
-        # the same cycle means no new request's headers were completed since the deadline was armed
-        if self.cycle is cycle_when_armed and not self.transport.is_closing():
+        # the same cycle, done, means no request's headers were completed since the deadline was armed (a pipelined
+        # request may have begun as the deadline was armed: it is under way, not waiting)
+        if self.cycle is cycle_when_armed and self.waiting:
             self.drop("header_timeout")
 
     def on_response_complete(self) -> None:
