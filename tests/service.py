@@ -115,7 +115,12 @@ class ServiceProcess:
             start_new_session=True,
             preexec_fn=self._limit_open_files if self.max_open_files else None,
         )
-        self.wait_until_healthy()
+        try:
+            self.wait_until_healthy()
+        except BaseException:
+            # a service that never became healthy is stopped here: its test never gets it to stop
+            self.stop()
+            raise
         return self
 
     def _limit_open_files(self) -> None:
