@@ -29,6 +29,8 @@ class Reason(str, Enum):
     TIMEOUT = "timeout"
     STORAGE_FULL = "storage_full"
     INFERENCE_FAILED = "inference_failed"
+    JOB_NOT_FOUND = "job_not_found"
+    JOB_NOT_DONE = "job_not_done"
 
 
 STATUS_BY_REASON: dict[Reason, int] = {
@@ -49,6 +51,8 @@ STATUS_BY_REASON: dict[Reason, int] = {
     Reason.TIMEOUT: 504,
     Reason.STORAGE_FULL: 507,
     Reason.INFERENCE_FAILED: 500,
+    Reason.JOB_NOT_FOUND: 404,
+    Reason.JOB_NOT_DONE: 409,
 }
 
 # failures that go away by themselves: the response tells the client, in Retry-After, when to try again

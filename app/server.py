@@ -6,11 +6,13 @@ The server is a LitServer whose processes our Supervisor watches; `python -m app
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from multiprocessing.managers import SyncManager
 from multiprocessing.process import BaseProcess
 
 import litserve as ls
-from fastapi import Response
+from fastapi import FastAPI, Response
 
 from app import metrics
 from app.config import Settings, litserve_devices, load_settings
@@ -18,12 +20,14 @@ from app.errors import ItemError
 from app.lifecycle import Supervisor
 from app.web import native_api, request_log
 from app.web.admission import HEALTH_PATH, Admission, HealthGate
-from app.web.request_log import RequestLogMiddleware
+from app.web.jobs.api import JOBS_PATH, Jobs, add_job_routes
+from app.web.jobs.wiring import build_jobs
+from app.web.request_log import RequestLogMiddleware, RequestRecord
 from app.web.routes import TranscriptionRoutes
 from app.web.schema import describe_uploads
 from app.web.security import ApiKeyMiddleware
 from app.web.uploads import claim_upload_dir
-from app.worker.litapi import WhisperLitAPI, resolve_device
+from app.worker.litapi import Outcome, QueuedRequest, WhisperLitAPI, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +37,16 @@ METRICS_PATH = "/metrics"
 class WhisperServer(ls.LitServer):
     """A LitServer whose worker and HTTP processes are watched by our Supervisor instead of LitServe's monitor."""
 
-    def __init__(self, api: WhisperLitAPI, supervisor: Supervisor, **options: object) -> None:
+    def __init__(self, api: WhisperLitAPI, supervisor: Supervisor, jobs: Jobs, **options: object) -> None:
         super().__init__(api, **options)
         self.supervisor = supervisor
+        self.jobs = jobs
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        # each HTTP process runs its own job runner beside LitServe's response reader
+        async with super().lifespan(app), self.jobs.runner.running():
+            yield
 
     def _start_worker_monitoring(self, manager: SyncManager, uvicorn_workers: dict) -> None:
         # LitServe calls this once every process runs; its own monitor would leave waiting requests hanging
@@ -60,6 +71,11 @@ def build_server(settings: Settings) -> WhisperServer:
         batch_timeout=settings.batch_timeout,
         spec=spec,
     )
+
+    async def submit_job_window(queued: QueuedRequest, arrived_at: float) -> Outcome:
+        return await spec.submit(queued, arrived_at, RequestRecord(id="job", method="JOB", route=JOBS_PATH))
+
+    jobs = build_jobs(settings, admission, submit_job_window)
     open_paths = frozenset({HEALTH_PATH} if settings.metrics_require_key else {HEALTH_PATH, METRICS_PATH})
 
     def render_error(path: str, error: ItemError) -> Response:
@@ -75,6 +91,7 @@ def build_server(settings: Settings) -> WhisperServer:
     server = WhisperServer(
         api,
         Supervisor(admission, settings.shutdown_grace),
+        jobs,
         accelerator=accelerator,
         # LitServe runs every CPU worker on the one "cpu" device; the setting only picks GPUs
         devices=litserve_devices(settings.devices) if accelerator == "cuda" else 1,
@@ -89,6 +106,7 @@ def build_server(settings: Settings) -> WhisperServer:
         return Response(body, media_type=content_type)
 
     server.app.add_api_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
+    add_job_routes(server.app, jobs)
     server.app.openapi = describe_uploads(server.app, open_paths if settings.api_key else None)
     return server
 

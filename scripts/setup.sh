@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 extra="${1:-cpu-model}"
 
 apt_packages=(ffmpeg)
-[ "$extra" = "test" ] && apt_packages+=(espeak-ng prometheus)
+# postgresql: the jobs tests start their own server from it (tests/postgres.py)
+[ "$extra" = "test" ] && apt_packages+=(espeak-ng prometheus postgresql)
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

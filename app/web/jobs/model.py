@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
+
+from app.web.forms import Plan
+from app.web.native_api import transcribe_plan
+from app.web.uploads import Upload
 
 
 class JobStatus(str, Enum):
@@ -44,13 +48,19 @@ class JobRequest:
     fields: dict[str, str] = field(default_factory=dict)
     webhook_url: str | None = None
     filename: str = ""
+    # the service's address as the client reached it, for the result link in webhook calls
+    base_url: str = ""
 
     def to_json(self) -> str:
-        return json.dumps({"fields": self.fields, "webhook_url": self.webhook_url, "filename": self.filename})
+        return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> JobRequest:
         return cls(**json.loads(text))
+
+    def plan(self) -> Plan:
+        """The options and the rendering of /transcribe, from the fields as the client sent them."""
+        return transcribe_plan(Upload(fields=self.fields))
 
 
 @dataclass(frozen=True)
