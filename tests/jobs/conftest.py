@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.jobs.client import BUDGET_BYTES, jobs_env
 from tests.postgres import postgres_server
+from tests.service import ServiceProcess
+
+# the minute-long clip this many times over: 20+ windows, long enough to interrupt and to measure beside
+LOOPS = 10
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +40,28 @@ def jobs_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "jobs.sqlite3")
     return request.getfixturevalue("fresh_postgres_url")
+
+
+@pytest.fixture(scope="session")
+def ten_minute_speech(minute_long_wav: Path) -> Path:
+    """About eleven minutes of speech, the minute-long clip looped, as Opus: small to upload, long to transcribe."""
+    destination = minute_long_wav.parent / "ten-minutes.ogg"
+    loop = ["-stream_loop", str(LOOPS - 1), "-i", str(minute_long_wav), "-c:a", "libopus", "-b:a", "24k"]
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *loop, str(destination)], check=True)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def jobs_service(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> Iterator[ServiceProcess]:
+    """A service on SQLite with a key, a small upload budget and webhooks allowed to reach this host."""
+    workdir = tmp_path_factory.mktemp("jobs-service")
+    with ServiceProcess(
+        workdir,
+        model_cache_dir,
+        **jobs_env(workdir / "jobs.db", workdir / "job-uploads"),
+        WHISPER_JOBS_MAX_BYTES=str(BUDGET_BYTES),
+        WHISPER_WEBHOOK_ALLOW_PRIVATE="1",
+        WHISPER_WEBHOOK_ATTEMPTS="3",
+        WHISPER_WEBHOOK_BACKOFF="0.2",
+    ) as process:
+        yield process
