@@ -24,13 +24,13 @@ HTTP_PROCESS_LINE = re.compile(r"Started server process \[(\d+)\]")
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
+def wait_until(condition: Callable[[], T], timeout: float, what: str, poll_seconds: float = POLL_SECONDS) -> T:
     """Poll `condition` until it returns something truthy, and return that; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if result := condition():
             return result
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll_seconds)
     raise TimeoutError(f"not within {timeout} s: {what}")
 
 

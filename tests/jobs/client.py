@@ -14,6 +14,8 @@ WEBHOOK_SECRET = "jobs-webhook-secret-7a3c"
 BUDGET_BYTES = 3_500_000
 # generous: a job of twenty windows on a busy 2-core CI machine
 JOB_SECONDS = 300.0
+# a job's status is polled over HTTP: often enough to catch each window, rarely enough not to load the service
+JOB_POLL_SECONDS = 0.25
 
 
 def jobs_env(database: str | Path, jobs_dir: Path, **extra: str) -> dict[str, str]:
@@ -58,7 +60,7 @@ def wait_for(service: ServiceProcess, job_id: str, condition, what: str, timeout
             return response.json()
         return None
 
-    return wait_until(check, timeout, f"job {job_id}: {what}")
+    return wait_until(check, timeout, f"job {job_id}: {what}", JOB_POLL_SECONDS)
 
 
 def wait_until_over(service: ServiceProcess, job_id: str, timeout: float = JOB_SECONDS) -> dict:

@@ -13,9 +13,6 @@ from tests.jobs.client import BUDGET_BYTES, jobs_env
 from tests.postgres import postgres_server
 from tests.service import ServiceProcess
 
-# the minute-long clip this many times over: 20+ windows, long enough to interrupt and to measure beside
-LOOPS = 10
-
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
@@ -42,13 +39,23 @@ def jobs_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("fresh_postgres_url")
 
 
-@pytest.fixture(scope="session")
-def ten_minute_speech(minute_long_wav: Path) -> Path:
-    """About eleven minutes of speech, the minute-long clip looped, as Opus: small to upload, long to transcribe."""
-    destination = minute_long_wav.parent / "ten-minutes.ogg"
-    loop = ["-stream_loop", str(LOOPS - 1), "-i", str(minute_long_wav), "-c:a", "libopus", "-b:a", "24k"]
+def looped(clip: Path, times: int, destination: Path) -> Path:
+    """`clip` played `times` over, as Opus: small to upload, long to transcribe."""
+    loop = ["-stream_loop", str(times - 1), "-i", str(clip), "-c:a", "libopus", "-b:a", "24k"]
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *loop, str(destination)], check=True)
     return destination
+
+
+@pytest.fixture(scope="session")
+def ten_minute_speech(minute_long_wav: Path) -> Path:
+    """About eleven minutes of speech (23 windows): the long job the latency test runs beside short requests."""
+    return looped(minute_long_wav, 10, minute_long_wav.parent / "ten-minutes.ogg")
+
+
+@pytest.fixture(scope="session")
+def few_minutes_speech(minute_long_wav: Path) -> Path:
+    """About three minutes of speech (7 windows): long enough to cancel or interrupt a job part way."""
+    return looped(minute_long_wav, 3, minute_long_wav.parent / "three-minutes.ogg")
 
 
 @pytest.fixture(scope="session")

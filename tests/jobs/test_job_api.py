@@ -73,8 +73,8 @@ def test_the_list_pages_through_the_callers_jobs(jobs_service: ServiceProcess, f
         assert wait_until_over(jobs_service, job_id)["status"] == "done"
 
 
-def test_cancel_in_each_state(jobs_service: ServiceProcess, ten_minute_speech: Path, fox_wav: Path) -> None:
-    running = submitted(jobs_service, ten_minute_speech)
+def test_cancel_in_each_state(jobs_service: ServiceProcess, few_minutes_speech: Path, fox_wav: Path) -> None:
+    running = submitted(jobs_service, few_minutes_speech)
     # one job at a time per runner: this one waits behind the long one
     queued = submitted(jobs_service, fox_wav)
     wait_until_windows_done(jobs_service, running, 1)

@@ -69,13 +69,13 @@ def interrupted_job_resumes_after_restart(
 
 
 def test_a_job_interrupted_by_a_crash_resumes_after_restart_on_sqlite(
-    tmp_path: Path, model_cache_dir: Path, ten_minute_speech: Path
+    tmp_path: Path, model_cache_dir: Path, few_minutes_speech: Path
 ) -> None:
     jobs_db, jobs_dir = str(tmp_path / "jobs.db"), tmp_path / "job-uploads"
     first = ServiceProcess(tmp_path / "first", model_cache_dir, **jobs_env(jobs_db, jobs_dir, **ONE_WINDOW)).start()
     try:
         _, second = interrupted_job_resumes_after_restart(
-            first, tmp_path / "second", jobs_db, jobs_dir, model_cache_dir, ten_minute_speech
+            first, tmp_path / "second", jobs_db, jobs_dir, model_cache_dir, few_minutes_speech
         )
         second.stop()
     finally:
@@ -83,7 +83,7 @@ def test_a_job_interrupted_by_a_crash_resumes_after_restart_on_sqlite(
 
 
 def test_replicas_on_one_postgresql_share_jobs_and_take_over_a_crashed_ones_work(
-    tmp_path: Path, model_cache_dir: Path, fresh_postgres_url: str, ten_minute_speech: Path, fox_wav: Path
+    tmp_path: Path, model_cache_dir: Path, fresh_postgres_url: str, few_minutes_speech: Path, fox_wav: Path
 ) -> None:
     jobs_dir = tmp_path / "job-uploads"
     env = jobs_env(fresh_postgres_url, jobs_dir, **ONE_WINDOW, WHISPER_JOBS_TTL="8")
@@ -93,7 +93,7 @@ def test_replicas_on_one_postgresql_share_jobs_and_take_over_a_crashed_ones_work
         assert wait_until_over(replicas[1], short)["status"] == "done"
         assert job(replicas[1], short).json()["result"] == job(replicas[0], short).json()["result"]
 
-        long = submitted(replicas[1], ten_minute_speech, response_format="text")
+        long = submitted(replicas[1], few_minutes_speech, response_format="text")
         wait_until_windows_done(replicas[0], long, DONE_BEFORE_CRASH)
         holder = next(r for r in replicas if f"job {long}: running" in r.log_path.read_text())
         survivor = replicas[1 - replicas.index(holder)]
