@@ -10,6 +10,8 @@ import pytest
 from app.web.jobs.model import JobRequest, JobStatus
 from app.web.jobs.store import JobStore
 
+pytestmark = pytest.mark.unit
+
 LEASE = 30.0
 TTL = 3600.0
 BUDGET = 1000

@@ -18,9 +18,10 @@ from fastapi.responses import JSONResponse
 
 from app import metrics
 from app.config import Settings
-from app.errors import RETRY_AFTER_SECONDS, ItemError, Reason, RequestError
+from app.contract import ItemError, Reason
 from app.web.admission import Admission
 from app.web.audio import probe_upload, too_long
+from app.web.errors import RequestError, retry_after
 from app.web.jobs.files import JobAudio, budget_full
 from app.web.jobs.model import OPEN_OWNER, Job, JobRequest, JobStatus, owner_of_key
 from app.web.jobs.runner import JobRunner
@@ -28,7 +29,7 @@ from app.web.jobs.store import JobStore
 from app.web.jobs.transcripts import transcript_from_json
 from app.web.jobs.webhook import check_webhook_url
 from app.web.native_api import error_response
-from app.web.routes import STORAGE_FULL_ERRNOS
+from app.web.routes import STORAGE_FULL_ERRNOS, render
 from app.web.security import presented_keys
 
 JOBS_PATH = "/v1/jobs"
@@ -63,13 +64,14 @@ def iso(timestamp: float | None) -> str | None:
 
 def rendered_result(job: Job) -> Response:
     """The result as /transcribe would have answered with the job's options and response_format."""
-    return job.request.plan().render(transcript_from_json(job.result))
+    assert job.result is not None
+    return render(job.request.form(), transcript_from_json(job.result))
 
 
-def job_body(job: Job, with_result: bool) -> dict:
+def job_body(job: Job, with_result: bool) -> dict[str, object]:
     now = time.time()
     started = job.started_at
-    body = {
+    body: dict[str, object] = {
         "id": job.id,
         "status": job.status.value,
         "filename": job.request.filename,
@@ -93,7 +95,7 @@ def job_body(job: Job, with_result: bool) -> dict:
     }
     if with_result and job.status is JobStatus.DONE:
         rendered = rendered_result(job)
-        text = rendered.body.decode()
+        text = bytes(rendered.body).decode()
         body["result"] = json.loads(text) if isinstance(rendered, JSONResponse) else text
     return body
 
@@ -101,8 +103,8 @@ def job_body(job: Job, with_result: bool) -> dict:
 def refusal(failure: ItemError) -> JSONResponse:
     """The native error shape, with Retry-After where waiting helps."""
     response = error_response(failure)
-    if failure.reason in RETRY_AFTER_SECONDS:
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS[failure.reason])
+    if (seconds := retry_after(failure)) is not None:
+        response.headers["Retry-After"] = str(seconds)
     return response
 
 
@@ -151,7 +153,7 @@ def add_job_routes(app: FastAPI, jobs: Jobs) -> None:
         fields = dict(upload.fields)
         webhook_url = fields.pop("webhook_url", "").strip() or None
         job_request = JobRequest(fields, webhook_url, upload.file_name, str(request.base_url))
-        job_request.plan()  # refuses bad options now, with the same 400s as /transcribe
+        job_request.form()  # refuses bad options now, with the same 400s as /transcribe
         if webhook_url:
             if settings.webhook_secret is None:
                 raise RequestError(
@@ -168,7 +170,9 @@ def add_job_routes(app: FastAPI, jobs: Jobs) -> None:
         )
         if not added:
             raise budget_full(settings.jobs_max_bytes)
-        return await asyncio.to_thread(jobs.store.get, job_id)
+        job = await asyncio.to_thread(jobs.store.get, job_id)
+        assert job is not None
+        return job
 
     async def status(job_id: str, request: Request) -> Response:
         job = await asyncio.to_thread(jobs.store.get, job_id, jobs.owner(request))
@@ -191,7 +195,9 @@ def add_job_routes(app: FastAPI, jobs: Jobs) -> None:
         if before is not None:
             jobs.audio.delete(job_id)
             metrics.JOBS_FINISHED.labels(JobStatus.CANCELLED.value).inc()
-            return JSONResponse(job_body(await asyncio.to_thread(jobs.store.get, job_id, owner), with_result=False))
+            cancelled = await asyncio.to_thread(jobs.store.get, job_id, owner)
+            assert cancelled is not None
+            return JSONResponse(job_body(cancelled, with_result=False))
         if await asyncio.to_thread(jobs.store.delete, job_id, owner):
             return Response(status_code=204)
         return not_found(job_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,16 +20,19 @@ NAMED_PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
 ADVISORY_LOCKS = {"schema": 7_316_001, "budget": 7_316_002}
 
 
+class Cursor(Protocol):
+    """What a statement gives back: rows as mappings of column name to value, and how many it changed."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
 class Transaction(Protocol):
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Cursor: ...
-
-
-class Cursor(Protocol):
-    rowcount: int
-
-    def fetchone(self) -> Mapping[str, Any] | None: ...
-
-    def fetchall(self) -> list[Mapping[str, Any]]: ...
 
 
 class Backend(Protocol):
@@ -38,7 +41,7 @@ class Backend(Protocol):
     # appended to the claim's row selection: lets PostgreSQL replicas skip rows another one is claiming
     skip_locked: str
 
-    def transaction(self, serialise: str | None = None) -> Iterator[Transaction]: ...
+    def transaction(self, serialise: str | None = None) -> AbstractContextManager[Transaction]: ...
 
 
 class SqliteBackend:
@@ -68,11 +71,19 @@ class SqliteBackend:
         with self._connection() as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:
-                yield connection
+                yield _SqliteTransaction(connection)
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
+
+
+class _SqliteTransaction:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Cursor:
+        return self.connection.execute(sql, params or {})
 
 
 class _PostgresTransaction:

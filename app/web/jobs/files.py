@@ -9,7 +9,8 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from app.errors import Reason, RequestError
+from app.contract import Reason
+from app.web.errors import RequestError
 from app.web.uploads import Upload, receive_upload
 
 UPLOAD_SUFFIX = ".upload"

@@ -9,9 +9,11 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from typing import Annotated
 
-from app.web.forms import Plan
-from app.web.native_api import transcribe_plan
+from pydantic import BeforeValidator, WithJsonSchema
+
+from app.web.forms import NativeTranscribeForm
 from app.web.uploads import Upload
 
 
@@ -41,6 +43,23 @@ def owner_of_key(key: str | None) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _url(value: object) -> str | None:
+    return value.strip() or None if isinstance(value, str) else None
+
+
+WebhookUrl = Annotated[
+    str | None,
+    BeforeValidator(_url),
+    WithJsonSchema({"type": "string", "format": "uri", "description": "http(s) URL told of the job's end"}),
+]
+
+
+class JobForm(NativeTranscribeForm):
+    """POST /v1/jobs: every field of /transcribe, and where to tell of the job's end."""
+
+    webhook_url: WebhookUrl = None
+
+
 @dataclass(frozen=True)
 class JobRequest:
     """What the client sent besides the audio: the form's text fields (options, format) and a webhook."""
@@ -58,9 +77,11 @@ class JobRequest:
     def from_json(cls, text: str) -> JobRequest:
         return cls(**json.loads(text))
 
-    def plan(self) -> Plan:
-        """The options and the rendering of /transcribe, from the fields as the client sent them."""
-        return transcribe_plan(Upload(fields=self.fields))
+    def form(self) -> JobForm:
+        """The fields validated as /transcribe validates them (options and response_format)."""
+        form = JobForm.from_upload(Upload(fields=self.fields))
+        assert isinstance(form, JobForm)
+        return form
 
 
 @dataclass(frozen=True)

@@ -12,32 +12,43 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 import numpy as np
 from whisper.audio import SAMPLE_RATE
 
 from app import metrics
 from app.config import Settings
-from app.errors import ItemError, Reason, RequestError
+from app.contract import WAVEFORM_DTYPE, ItemError, QueuedJob, Reason, Reported, Transcript, TranscriptionOptions
 from app.web.admission import Admission, Phase
-from app.web.audio import WAVEFORM_DTYPE, decode_upload
+from app.web.audio import decode_upload
+from app.web.errors import RequestError
 from app.web.jobs.files import JobAudio
 from app.web.jobs.model import Claim, JobStatus
 from app.web.jobs.store import JobStore
 from app.web.jobs.transcripts import joined, shifted, transcript_from_json, transcript_to_json
 from app.web.jobs.webhook import WebhookSender
 from app.web.uploads import RequestFiles
-from app.worker.engine import TranscriptionOptions
-from app.worker.litapi import Outcome, QueuedRequest
-from app.worker.segments import Transcript
-from app.worker.windows import Window, split_waveform
 
 log = logging.getLogger(__name__)
 
-# how the runner hands one window to the model worker and awaits its answer (arrival time given)
-SubmitWindow = Callable[[QueuedRequest, float], Awaitable[Outcome]]
+
+class Span(Protocol):
+    """A stretch of a waveform, in samples: what the model worker's window splitter returns."""
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
+
+
+# WorkerClient.run: hands one window to the model worker and awaits its answer
+SubmitWindow = Callable[[QueuedJob, float, Callable[[], None]], Awaitable[Reported | ItemError]]
+# the worker's own window splitter, given by the wiring: a job's windows are the ones /transcribe would cut
+WindowSplitter = Callable[[np.ndarray, int], Sequence[Span]]
 
 # how often an idle runner looks for jobs queued by other processes and replicas
 POLL_SECONDS = 1.0
@@ -66,7 +77,7 @@ class LeaseLost(Exception):
 class JobRunner:
     """Runs jobs one at a time, from claim to completion, in the HTTP process that owns it.
 
-    >>> async with JobRunner(settings, store, audio, admission, submit, webhooks).running():
+    >>> async with JobRunner(settings, store, audio, admission, client.run, split_waveform, webhooks).running():
     ...     ...  # serve requests; the runner works in the background
     """
 
@@ -77,6 +88,7 @@ class JobRunner:
         audio: JobAudio,
         admission: Admission,
         submit: SubmitWindow,
+        splitter: WindowSplitter,
         webhooks: WebhookSender | None,
     ) -> None:
         self.settings = settings
@@ -84,18 +96,17 @@ class JobRunner:
         self.audio = audio
         self.admission = admission
         self.submit = submit
+        self.splitter = splitter
         self.webhooks = webhooks
-        self._wake: asyncio.Event | None = None
-        self._deliveries: set[asyncio.Task] = set()
+        self._wake = asyncio.Event()
+        self._deliveries: set[asyncio.Task[str]] = set()
 
     def wake(self) -> None:
         """A job was just queued in this process: look now rather than at the next poll."""
-        if self._wake is not None:
-            self._wake.set()
+        self._wake.set()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        self._wake = asyncio.Event()
         task = asyncio.create_task(self.run(), name="job-runner")
         try:
             yield
@@ -174,7 +185,8 @@ class JobRunner:
 
     async def transcribe(self, claim: Claim, lost: asyncio.Event) -> Transcript:
         job = claim.job
-        options = job.request.plan().work
+        options = job.request.form().work
+        assert isinstance(options, TranscriptionOptions)
         files = RequestFiles.create(self.settings.tmp_dir)
         try:
             upload = self.audio.path(job.id)
@@ -188,7 +200,7 @@ class JobRunner:
                 raise JobFailed(error.error.message) from None
             # mapped, not read: an hour of audio stays on the tmpfs, not in this process's memory
             waveform = np.memmap(files.waveform, dtype=WAVEFORM_DTYPE, mode="r")
-            windows = split_waveform(waveform)
+            windows = self.splitter(waveform, 0)
             if not await asyncio.to_thread(self.store.plan, claim, len(windows), seconds):
                 raise LeaseLost
             saved_json = await asyncio.to_thread(self.store.saved_windows, job.id)
@@ -225,7 +237,7 @@ class JobRunner:
         metrics.JOBS_FINISHED.labels(status.value).inc()
         metrics.JOB_SECONDS.observe(max(0.0, time.time() - job.created_at))
         if job.request.webhook_url and self.webhooks is not None:
-            payload = {"id": job.id, "status": status.value, "result_url": None, "error": error}
+            payload: dict[str, object] = {"id": job.id, "status": status.value, "result_url": None, "error": error}
             if status is JobStatus.DONE and job.request.base_url:
                 payload["result_url"] = f"{job.request.base_url.rstrip('/')}/v1/jobs/{job.id}/result"
             delivery = asyncio.create_task(self.webhooks.deliver(job.request.webhook_url, payload))
@@ -241,7 +253,7 @@ class WindowRun:
         runner: JobRunner,
         claim: Claim,
         waveform: np.ndarray,
-        windows: list[Window],
+        windows: Sequence[Span],
         done: dict[int, Transcript],
         lost: asyncio.Event,
     ) -> None:
@@ -260,7 +272,7 @@ class WindowRun:
 
     async def remaining(self, options: TranscriptionOptions) -> None:
         """Every window not yet done, as many in flight at once as synchronous load allows."""
-        in_flight: set[asyncio.Task] = set()
+        in_flight: set[asyncio.Task[None]] = set()
         try:
             for index in range(len(self.windows)):
                 if index in self.done:
@@ -273,8 +285,8 @@ class WindowRun:
                         task.result()
                 self.may_submit()
                 in_flight.add(asyncio.create_task(self.window(index, options)))
-            for task in asyncio.as_completed(in_flight):
-                await task
+            for finishing in asyncio.as_completed(in_flight):
+                await finishing
         finally:
             for task in in_flight:
                 task.cancel()
@@ -288,18 +300,24 @@ class WindowRun:
         try:
             np.asarray(self.waveform[window.start : window.end], dtype=WAVEFORM_DTYPE).tofile(path)
             now = time.monotonic()
+            keep_waiting = self.runner.admission.refuse_unless_serving
             try:
-                outcome = await self.runner.submit(QueuedRequest(str(path), options, now), now)
+                answer = await self.runner.submit(
+                    QueuedJob(str(path), options, now), now, lambda: keep_waiting(waiting=True)
+                )
             except RequestError as error:
                 raise Interrupted from error
         finally:
             path.unlink(missing_ok=True)
+        outcome = answer.outcome if isinstance(answer, Reported) else answer
         if isinstance(outcome, ItemError):
             if outcome.reason in (Reason.UNAVAILABLE, Reason.TIMEOUT):
                 raise Interrupted
             raise JobFailed(outcome.message)
+        if not isinstance(outcome, Transcript):
+            raise JobFailed(f"the model worker answered a transcription with {type(outcome).__name__}")
         self.done[index] = shifted(outcome, window.start)
-        seconds_done = sum(self.windows[i].duration_seconds for i in self.done)
+        seconds_done = sum(self.windows[i].end - self.windows[i].start for i in self.done) / SAMPLE_RATE
         saved = await asyncio.to_thread(
             self.runner.store.save_window,
             self.claim,

@@ -11,7 +11,7 @@ from dataclasses import asdict, replace
 
 from whisper.audio import HOP_LENGTH, SAMPLE_RATE
 
-from app.worker.segments import Segment, Transcript, Word
+from app.contract import Segment, Transcript, Word
 
 
 def transcript_to_json(transcript: Transcript) -> str:

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import requests
 
 from app import metrics
-from app.errors import Reason, RequestError
+from app.contract import Reason
+from app.web.errors import RequestError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def check_webhook_url(url: str, allow_private: bool) -> None:
     if allow_private:
         return
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if forbidden_address(address):
             raise bad_webhook(
                 f"webhook_url resolves to {address}, a private or loopback address; "
@@ -78,7 +79,7 @@ class WebhookSender:
     attempts: int
     backoff_seconds: float
 
-    def signed_request(self, payload: dict) -> tuple[bytes, dict[str, str]]:
+    def signed_request(self, payload: dict[str, object]) -> tuple[bytes, dict[str, str]]:
         body = json.dumps(payload, separators=(",", ":")).encode()
         timestamp = str(int(time.time()))
         headers = {
@@ -97,7 +98,7 @@ class WebhookSender:
         )
         return response.status_code
 
-    async def deliver(self, url: str, payload: dict) -> str:
+    async def deliver(self, url: str, payload: dict[str, object]) -> str:
         """Try up to `attempts` times; returns the outcome counted in whisper_webhook_deliveries_total."""
         body, headers = self.signed_request(payload)
         wait = self.backoff_seconds

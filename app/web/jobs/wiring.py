@@ -9,12 +9,12 @@ from app.config import Settings
 from app.web.admission import Admission
 from app.web.jobs.api import Jobs
 from app.web.jobs.files import JobAudio
-from app.web.jobs.runner import JobRunner, SubmitWindow
+from app.web.jobs.runner import JobRunner, SubmitWindow, WindowSplitter
 from app.web.jobs.store import JobStore
 from app.web.jobs.webhook import WebhookSender
 
 
-def build_jobs(settings: Settings, admission: Admission, submit: SubmitWindow) -> Jobs:
+def build_jobs(settings: Settings, admission: Admission, submit: SubmitWindow, splitter: WindowSplitter) -> Jobs:
     store = JobStore.open(settings.jobs_db)
     audio = JobAudio(settings.jobs_dir)
     webhooks = None
@@ -25,6 +25,6 @@ def build_jobs(settings: Settings, admission: Admission, submit: SubmitWindow) -
             settings.webhook_attempts,
             settings.webhook_backoff,
         )
-    runner = JobRunner(settings, store, audio, admission, submit, webhooks)
+    runner = JobRunner(settings, store, audio, admission, submit, splitter, webhooks)
     keys = (settings.api_key.get_secret_value(),) if settings.api_key else ()
     return Jobs(settings, store, audio, admission, runner, keys)
