@@ -103,7 +103,7 @@ def test_concurrent_claims_hand_each_job_to_exactly_one_runner(store: JobStore, 
 def test_a_lapsed_lease_is_claimed_again_and_only_the_new_holder_completes(store: JobStore, clock: Clock) -> None:
     queue(store, clock, "j")
     crashed = store.claim("crashed", LEASE)
-    assert store.save_window(crashed, 0, '{"w": 0}', 1, 30.0, LEASE)
+    assert store.save_window(crashed, 0, '{"w": 0}', 30.0, LEASE)
     clock.now += LEASE + 1
     again = store.claim("restarted", LEASE)
     assert again.job.id == "j"
@@ -112,13 +112,22 @@ def test_a_lapsed_lease_is_claimed_again_and_only_the_new_holder_completes(store
     assert store.saved_windows("j") == {0: '{"w": 0}'}
     # the first holder woke up late: it may neither record progress nor finish
     assert not store.renew(crashed, LEASE)
-    assert not store.save_window(crashed, 1, "{}", 2, 60.0, LEASE)
+    assert not store.save_window(crashed, 1, "{}", 60.0, LEASE)
     assert not store.finish(crashed, JobStatus.DONE, TTL, result="stale")
     assert store.finish(again, JobStatus.DONE, TTL, result="fresh")
     assert not store.finish(again, JobStatus.DONE, TTL, result="twice")
     job = store.get("j")
     assert (job.status, job.result, job.audio_bytes) == (JobStatus.DONE, "fresh", 0)
     assert store.saved_windows("j") == {}
+
+
+def test_progress_counts_saved_windows_whatever_order_their_saves_commit_in(store: JobStore, clock: Clock) -> None:
+    queue(store, clock, "j")
+    claim = store.claim("a", LEASE)
+    for index, seconds in ((2, 90.0), (0, 30.0), (1, 60.0), (1, 60.0)):
+        assert store.save_window(claim, index, "{}", seconds, LEASE)
+    job = store.get("j")
+    assert (job.windows_done, job.seconds_done) == (3, 90.0)
 
 
 def test_a_renewed_lease_keeps_the_job(store: JobStore, clock: Clock) -> None:
@@ -143,7 +152,7 @@ def test_cancel_stops_an_active_job_and_drops_its_data(store: JobStore, clock: C
     queue(store, clock, "j")
     claim = store.claim("a", LEASE) if state == "running" else None
     if claim:
-        assert store.save_window(claim, 0, "{}", 1, 30.0, LEASE)
+        assert store.save_window(claim, 0, "{}", 30.0, LEASE)
     assert store.cancel("j", "bob", TTL) is None
     before = store.cancel("j", "alice", TTL)
     assert before.status.value == state

@@ -323,7 +323,6 @@ class WindowRun:
             self.claim,
             index,
             transcript_to_json(self.done[index]),
-            len(self.done),
             round(seconds_done, 3),
             settings.jobs_lease_seconds,
         )

@@ -154,30 +154,34 @@ class JobStore:
         """Extend the lease; False when the job was cancelled or claimed by another runner."""
         return self._update_held(claim, "lease_until = :until", {"until": self.clock() + lease_seconds})
 
-    def save_window(
-        self, claim: Claim, index: int, transcript: str, windows_done: int, seconds_done: float, lease_seconds: float
-    ) -> bool:
-        """Keep one window's transcript and the progress it brings, extending the lease, all or nothing."""
+    def save_window(self, claim: Claim, index: int, transcript: str, seconds_done: float, lease_seconds: float) -> bool:
+        """Keep one window's transcript and the progress it brings, extending the lease, all or nothing.
+
+        Windows finish out of order and their saves may commit out of order: the count is taken from the
+        saved windows, and the seconds only ever grow.
+        """
         params = {
             "id": claim.job.id,
             "token": claim.token,
-            "done": windows_done,
             "seconds": seconds_done,
             "until": self.clock() + lease_seconds,
             "index": index,
             "transcript": transcript,
         }
         with self.backend.transaction() as tx:
-            held = tx.execute(
-                f"""UPDATE whisper_jobs SET windows_done = :done, seconds_done = :seconds, lease_until = :until
-                WHERE {HELD}""",
-                params,
-            )
+            held = tx.execute(f"UPDATE whisper_jobs SET lease_until = :until WHERE {HELD}", params)
             if held.rowcount != 1:
                 return False
             tx.execute(
                 """INSERT INTO whisper_job_windows (job_id, window_index, transcript) VALUES (:id, :index, :transcript)
                 ON CONFLICT (job_id, window_index) DO NOTHING""",
+                params,
+            )
+            tx.execute(
+                """UPDATE whisper_jobs SET
+                    windows_done = (SELECT COUNT(*) FROM whisper_job_windows WHERE job_id = :id),
+                    seconds_done = CASE WHEN seconds_done < :seconds THEN :seconds ELSE seconds_done END
+                WHERE id = :id""",
                 params,
             )
         return True
