@@ -20,7 +20,8 @@ from app.lifecycle import Supervisor
 from app.litserve_adapter import SupervisedLitServer
 from app.web import native_api, request_log
 from app.web.admission import HEALTH_PATH, Admission, HealthGate
-from app.web.jobs.api import add_job_routes
+from app.web.jobs.api import JOBS_PATH, add_job_routes
+from app.web.jobs.model import JobForm
 from app.web.jobs.wiring import build_jobs
 from app.web.request_log import RequestLogMiddleware
 from app.web.routes import ROUTES, TranscriptionRoutes
@@ -93,7 +94,7 @@ def build_server(settings: Settings) -> tuple[SupervisedLitServer, Supervisor]:
             yield
 
     server.app.router.lifespan_context = lifespan
-    forms = {route.path: route.form for route in ROUTES}
+    forms = {route.path: route.form for route in ROUTES} | {JOBS_PATH: JobForm}
     server.app.openapi = describe_uploads(server.app, forms, open_paths if settings.api_key else None)
     return server, supervisor
 

@@ -90,6 +90,9 @@ class ServiceProcess:
             "WHISPER_TMP_DIR": str(self.upload_dir),
             "WHISPER_MODEL_CACHE_DIR": str(model_cache_dir),
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            # each service its own job store, never the user's default one
+            "WHISPER_JOBS_DB": str(workdir / "jobs.db"),
+            "WHISPER_JOBS_DIR": str(workdir / "job-uploads"),
             "PYTHONUNBUFFERED": "1",
             **env,
         }

@@ -47,6 +47,10 @@ REFUSALS: dict[Reason, Refusal] = {
 }
 
 
+# answered by the /v1/jobs routes about a stored job, never by an upload
+JOB_REASONS = frozenset({Reason.JOB_NOT_FOUND, Reason.JOB_NOT_DONE})
+
+
 def status_of(error: ItemError) -> int:
     return REFUSALS[error.reason].status
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -21,7 +22,7 @@ from app.config import Settings
 from app.contract import ItemError, Reason
 from app.web.admission import Admission
 from app.web.audio import probe_upload, too_long
-from app.web.errors import RequestError, retry_after
+from app.web.errors import REFUSALS, RequestError, retry_after
 from app.web.jobs.files import JobAudio, budget_full
 from app.web.jobs.model import OPEN_OWNER, Job, JobRequest, JobStatus, owner_of_key
 from app.web.jobs.runner import JobRunner
@@ -215,11 +216,26 @@ def add_job_routes(app: FastAPI, jobs: Jobs) -> None:
             }
         )
 
-    app.add_api_route(JOBS_PATH, submit, methods=["POST"], include_in_schema=False)
-    app.add_api_route(JOBS_PATH, recent, methods=["GET"], include_in_schema=False)
-    app.add_api_route(JOBS_PATH + "/{job_id}", status, methods=["GET"], include_in_schema=False)
-    app.add_api_route(JOBS_PATH + "/{job_id}", cancel, methods=["DELETE"], include_in_schema=False)
-    app.add_api_route(JOBS_PATH + "/{job_id}/result", result, methods=["GET"], include_in_schema=False)
+    missing = documented(Reason.JOB_NOT_FOUND)
+    app.add_api_route(JOBS_PATH, submit, methods=["POST"], status_code=202, summary="Submit an upload as a job")
+    app.add_api_route(JOBS_PATH, recent, methods=["GET"], summary="The caller's jobs, newest first")
+    app.add_api_route(JOBS_PATH + "/{job_id}", status, methods=["GET"], summary="A job", responses=missing)
+    app.add_api_route(
+        JOBS_PATH + "/{job_id}", cancel, methods=["DELETE"], summary="Cancel or delete a job", responses=missing
+    )
+    app.add_api_route(
+        JOBS_PATH + "/{job_id}/result",
+        result,
+        methods=["GET"],
+        summary="A done job's result, as /transcribe would answer",
+        responses=missing | documented(Reason.JOB_NOT_DONE),
+    )
+
+
+def documented(reason: Reason) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI line of one refusal a job route may answer with."""
+    refusal = REFUSALS[reason]
+    return {refusal.status: {"description": f"reason: {reason.value} ({refusal.meaning})"}}
 
 
 def item_error(failure: Exception, timeout: float) -> ItemError:
