@@ -47,12 +47,17 @@ def check_webhook_url(url: str, allow_private: bool) -> None:
 
     Every address counts: a name resolving to one public and one private address could reach either.
     """
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES or not parts.hostname:
-        raise bad_webhook("webhook_url must be an http:// or https:// URL with a host")
+    refusal = bad_webhook("webhook_url must be an http:// or https:// URL with a host")
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:
+        raise refusal from None
+    if parts.scheme not in SCHEMES or not hostname:
+        raise refusal
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(hostname, port, proto=socket.IPPROTO_TCP)
     except (OSError, ValueError) as error:
         raise bad_webhook(f"webhook_url's host does not resolve: {error}") from None
     if allow_private:
