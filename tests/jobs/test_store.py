@@ -175,6 +175,27 @@ def test_a_finished_job_is_deleted_by_its_owner(store: JobStore, clock: Clock) -
     assert store.get("j") is None
 
 
+def test_an_owed_webhook_call_is_handed_out_once_after_its_runner_had_time_to_make_it(
+    store: JobStore, clock: Clock
+) -> None:
+    assert store.add("hooked", "alice", JobRequest(webhook_url="https://example.com/hook"), 10, BUDGET)
+    queue(store, clock, "quiet")
+    for _ in range(2):
+        assert store.finish(store.claim("a", LEASE), JobStatus.DONE, TTL, result="{}")
+    assert store.take_owed_webhooks(60) == []
+    clock.now += 61
+    assert [job.id for job in store.take_owed_webhooks(60)] == ["hooked"]
+    assert store.take_owed_webhooks(60) == []
+
+
+def test_a_settled_webhook_call_is_owed_no_more(store: JobStore, clock: Clock) -> None:
+    assert store.add("hooked", "alice", JobRequest(webhook_url="https://example.com/hook"), 10, BUDGET)
+    assert store.finish(store.claim("a", LEASE), JobStatus.FAILED, TTL, error="bad audio")
+    store.webhook_settled("hooked")
+    clock.now += 3600
+    assert store.take_owed_webhooks(60) == []
+
+
 def test_results_expire_after_the_ttl(store: JobStore, clock: Clock) -> None:
     queue(store, clock, "old")
     store.finish(store.claim("a", LEASE), JobStatus.DONE, TTL, result="{}")

@@ -109,6 +109,8 @@ class Job:
     # who holds the job while it runs: a token per claim, so only the current holder may finish it
     lease_token: str | None = None
     lease_until: float | None = None
+    # 1 while the webhook call of an ended job is owed (see JobStore.take_owed_webhooks)
+    webhook_due: int = 0
 
 
 @dataclass(frozen=True)

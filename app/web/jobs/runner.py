@@ -26,7 +26,7 @@ from app.web.admission import Admission, Phase
 from app.web.audio import decode_upload
 from app.web.errors import RequestError
 from app.web.jobs.files import JobAudio
-from app.web.jobs.model import Claim, JobStatus
+from app.web.jobs.model import Claim, Job, JobStatus
 from app.web.jobs.store import JobStore
 from app.web.jobs.transcripts import joined, shifted, transcript_from_json, transcript_to_json
 from app.web.jobs.webhook import WebhookSender
@@ -147,6 +147,12 @@ class JobRunner:
             metrics.JOBS.labels(status.value).set(jobs)
         metrics.JOBS_QUEUE_DEPTH.set(counts[JobStatus.QUEUED])
         metrics.JOBS_OLDEST_QUEUED_SECONDS.set(await asyncio.to_thread(self.store.oldest_queued_age))
+        if self.webhooks is not None:
+            # calls still owed well after their runner's attempts would have ended: it died meanwhile
+            orphaned_after = self.webhooks.longest_delivery_seconds + HOUSEKEEPING_SECONDS
+            for job in await asyncio.to_thread(self.store.take_owed_webhooks, orphaned_after):
+                log.info("job %s: its webhook call was never settled; calling it now", job.id)
+                self.notify(job)
 
     async def execute(self, claim: Claim) -> None:
         """Run one claimed job to its end, or hand it back; the lease is renewed throughout."""
@@ -236,13 +242,25 @@ class JobRunner:
         log.info("job %s: %s%s", job.id, status.value, f" ({error})" if error else "")
         metrics.JOBS_FINISHED.labels(status.value).inc()
         metrics.JOB_SECONDS.observe(max(0.0, time.time() - job.created_at))
-        if job.request.webhook_url and self.webhooks is not None:
-            payload: dict[str, object] = {"id": job.id, "status": status.value, "result_url": None, "error": error}
-            if status is JobStatus.DONE and job.request.base_url:
-                payload["result_url"] = f"{job.request.base_url.rstrip('/')}/v1/jobs/{job.id}/result"
-            delivery = asyncio.create_task(self.webhooks.deliver(job.request.webhook_url, payload))
-            self._deliveries.add(delivery)
-            delivery.add_done_callback(self._deliveries.discard)
+        self.notify(replace(job, status=status, error=error))
+
+    def notify(self, job: Job) -> None:
+        """Call the ended job's webhook in the background; the store owes the call until the attempts end."""
+        url = job.request.webhook_url
+        if url is None or self.webhooks is None:
+            return
+        payload: dict[str, object] = {"id": job.id, "status": job.status.value, "result_url": None, "error": job.error}
+        if job.status is JobStatus.DONE and job.request.base_url:
+            payload["result_url"] = f"{job.request.base_url.rstrip('/')}/v1/jobs/{job.id}/result"
+
+        async def deliver(webhooks: WebhookSender) -> str:
+            outcome = await webhooks.deliver(url, payload)
+            await asyncio.to_thread(self.store.webhook_settled, job.id)
+            return outcome
+
+        delivery = asyncio.create_task(deliver(self.webhooks))
+        self._deliveries.add(delivery)
+        delivery.add_done_callback(self._deliveries.discard)
 
 
 class WindowRun:

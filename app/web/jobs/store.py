@@ -32,7 +32,8 @@ SCHEMA = (
         error TEXT,
         attempts INTEGER NOT NULL DEFAULT 0,
         lease_token TEXT,
-        lease_until DOUBLE PRECISION
+        lease_until DOUBLE PRECISION,
+        webhook_due INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX IF NOT EXISTS whisper_jobs_by_owner ON whisper_jobs (owner, created_at)",
     "CREATE INDEX IF NOT EXISTS whisper_jobs_by_status ON whisper_jobs (status, created_at)",
@@ -202,7 +203,8 @@ class JobStore:
         with self.backend.transaction() as tx:
             cursor = tx.execute(
                 f"""UPDATE whisper_jobs SET status = :status, result = :result, error = :error, finished_at = :now,
-                    expires_at = :expires, audio_bytes = 0, lease_token = NULL, lease_until = NULL
+                    expires_at = :expires, audio_bytes = 0, lease_token = NULL, lease_until = NULL,
+                    webhook_due = :webhook
                 WHERE {HELD}""",
                 {
                     "id": claim.job.id,
@@ -212,12 +214,34 @@ class JobStore:
                     "error": error,
                     "now": now,
                     "expires": now + ttl_seconds,
+                    # the webhook call is owed from this commit on, until a delivery attempt ends
+                    "webhook": int(claim.job.request.webhook_url is not None),
                 },
             )
             if cursor.rowcount != 1:
                 return False
             tx.execute("DELETE FROM whisper_job_windows WHERE job_id = :id", {"id": claim.job.id})
         return True
+
+    def webhook_settled(self, job_id: str) -> None:
+        """The job's webhook call was delivered, or given up on: nobody owes it any more."""
+        with self.backend.transaction() as tx:
+            tx.execute("UPDATE whisper_jobs SET webhook_due = 0 WHERE id = :id", {"id": job_id})
+
+    def take_owed_webhooks(self, older_than_seconds: float) -> list[Job]:
+        """Jobs that ended over `older_than_seconds` ago and whose webhook call is still owed.
+
+        The runner that ended them died before its delivery attempts ended; each is handed to one caller
+        only (a conditional update), which then owes the call.
+        """
+        with self.backend.transaction() as tx:
+            rows = tx.execute(
+                f"""UPDATE whisper_jobs SET webhook_due = 0
+                WHERE webhook_due = 1 AND finished_at < :before AND {LIVE}
+                RETURNING *""",
+                {"before": self.clock() - older_than_seconds, "now": self.clock()},
+            ).fetchall()
+        return [job_of(row) for row in rows]
 
     def release(self, claim: Claim) -> bool:
         """Give a held job back to the queue now (a clean shutdown), instead of waiting for its lease to lapse."""

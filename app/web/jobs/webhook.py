@@ -84,6 +84,12 @@ class WebhookSender:
     attempts: int
     backoff_seconds: float
 
+    @property
+    def longest_delivery_seconds(self) -> float:
+        """How long all attempts at one call may take: every wait and every attempt's timeout."""
+        waits = sum(self.backoff_seconds * 2**attempt for attempt in range(self.attempts - 1))
+        return waits + self.attempts * DELIVERY_TIMEOUT_SECONDS
+
     def signed_request(self, payload: dict[str, object]) -> tuple[bytes, dict[str, str]]:
         body = json.dumps(payload, separators=(",", ":")).encode()
         timestamp = str(int(time.time()))
