@@ -101,11 +101,16 @@ class ServiceProcess:
         self.auth_headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def start(self) -> ServiceProcess:
+        self.launch()
+        self.wait_until_healthy()
+        return self
+
+    def launch(self) -> ServiceProcess:
+        """Start the process without waiting for it, so several services load their models at once."""
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app"], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        self.wait_until_healthy()
         return self
 
     def __enter__(self) -> ServiceProcess:
