@@ -12,8 +12,10 @@ API_KEY = "jobs-test-key-0b9e41"
 WEBHOOK_SECRET = "jobs-webhook-secret-7a3c"
 # enough for the ten-minute Opus file and a minute of WAV, not for two minutes of WAV at once
 BUDGET_BYTES = 3_500_000
-# generous: a job of twenty windows on a busy 2-core CI machine
-JOB_SECONDS = 300.0
+# generous ceilings: a job of twenty windows, and three services loading their models at once, on a busy
+# 2-core machine (a quiet one needs a tenth of either)
+JOB_SECONDS = 900.0
+STARTUP_SECONDS = 600.0
 # a job's status is polled over HTTP: often enough to catch each window, rarely enough not to load the service
 JOB_POLL_SECONDS = 0.25
 

@@ -12,7 +12,7 @@ import pytest
 
 from app.web.jobs.model import JobStatus
 from app.web.jobs.store import JobStore
-from tests.jobs.client import job, jobs_env, submitted, wait_until_over, wait_until_windows_done
+from tests.jobs.client import STARTUP_SECONDS, job, jobs_env, submitted, wait_until_over, wait_until_windows_done
 from tests.service import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,9 @@ def interrupted_job_resumes_after_restart(
     at_crash = JobStore.open(jobs_db).get(job_id)
     assert at_crash.status is JobStatus.RUNNING
     assert DONE_BEFORE_CRASH <= at_crash.windows_done < at_crash.windows_total
-    second = ServiceProcess(restarted_at, model_cache_dir, **jobs_env(jobs_db, jobs_dir, **ONE_WINDOW)).start()
+    second = ServiceProcess(
+        restarted_at, model_cache_dir, STARTUP_SECONDS, **jobs_env(jobs_db, jobs_dir, **ONE_WINDOW)
+    ).start()
     body = wait_until_over(second, job_id)
     assert body["status"] == "done", body
     assert body["attempts"] == 2
@@ -74,7 +76,9 @@ def test_a_job_interrupted_by_a_crash_resumes_after_restart_on_sqlite(
     tmp_path: Path, model_cache_dir: Path, few_minutes_speech: Path
 ) -> None:
     jobs_db, jobs_dir = str(tmp_path / "jobs.db"), tmp_path / "job-uploads"
-    first = ServiceProcess(tmp_path / "first", model_cache_dir, **jobs_env(jobs_db, jobs_dir, **ONE_WINDOW)).start()
+    first = ServiceProcess(
+        tmp_path / "first", model_cache_dir, STARTUP_SECONDS, **jobs_env(jobs_db, jobs_dir, **ONE_WINDOW)
+    ).start()
     try:
         _, second = interrupted_job_resumes_after_restart(
             first, tmp_path / "second", jobs_db, jobs_dir, model_cache_dir, few_minutes_speech
@@ -90,8 +94,12 @@ def test_replicas_on_one_postgresql_share_jobs_and_take_over_a_crashed_ones_work
     jobs_dir = tmp_path / "job-uploads"
     env = jobs_env(fresh_postgres_url, jobs_dir, **ONE_WINDOW, WHISPER_JOBS_TTL=str(TTL_SECONDS))
     # two replicas with the key, and a third with another key: it runs jobs too, but sees none of theirs
-    first, second = (ServiceProcess(tmp_path / name, model_cache_dir, **env).launch() for name in ("a", "b"))
-    stranger = ServiceProcess(tmp_path / "c", model_cache_dir, **{**env, "WHISPER_API_KEY": "another-key"}).launch()
+    first, second = (
+        ServiceProcess(tmp_path / name, model_cache_dir, STARTUP_SECONDS, **env).launch() for name in ("a", "b")
+    )
+    stranger = ServiceProcess(
+        tmp_path / "c", model_cache_dir, STARTUP_SECONDS, **{**env, "WHISPER_API_KEY": "another-key"}
+    ).launch()
     replicas = [first, second, stranger]
     try:
         for replica in replicas:
