@@ -27,6 +27,7 @@ from app.web.jobs.files import JobAudio, budget_full
 from app.web.jobs.model import OPEN_OWNER, Job, JobRequest, JobStatus, owner_of_key
 from app.web.jobs.runner import JobRunner
 from app.web.jobs.store import JobStore
+from app.web.jobs.threads import STORE_THREADS, WEBHOOK_THREADS
 from app.web.jobs.transcripts import transcript_from_json
 from app.web.jobs.webhook import check_webhook_url
 from app.web.native_api import error_response
@@ -145,7 +146,7 @@ def add_job_routes(app: FastAPI, jobs: Jobs) -> None:
         return response
 
     async def receive(request: Request, owner: str, job_id: str) -> Job:
-        kept = await asyncio.to_thread(jobs.store.audio_bytes_kept)
+        kept = await STORE_THREADS.run(jobs.store.audio_bytes_kept)
         upload = await jobs.audio.receive(
             request, job_id, int(settings.max_upload_mb * 1e6), max(0, settings.jobs_max_bytes - kept)
         )
@@ -162,27 +163,27 @@ def add_job_routes(app: FastAPI, jobs: Jobs) -> None:
                     "this server signs no webhooks (WHISPER_WEBHOOK_SECRET is unset), so it sends none",
                     param="webhook_url",
                 )
-            await asyncio.to_thread(check_webhook_url, webhook_url, settings.webhook_allow_private)
+            await WEBHOOK_THREADS.run(check_webhook_url, webhook_url, settings.webhook_allow_private)
         probe = await probe_upload(jobs.audio.path(job_id), settings.request_timeout)
         if probe.duration is not None and probe.duration > settings.max_audio_seconds:
             raise too_long(probe.duration, settings.max_audio_seconds)
-        added = await asyncio.to_thread(
+        added = await STORE_THREADS.run(
             jobs.store.add, job_id, owner, job_request, upload.file_size, settings.jobs_max_bytes
         )
         if not added:
             raise budget_full(settings.jobs_max_bytes)
-        job = await asyncio.to_thread(jobs.store.get, job_id)
+        job = await STORE_THREADS.run(jobs.store.get, job_id)
         assert job is not None
         return job
 
     async def status(job_id: str, request: Request) -> Response:
-        job = await asyncio.to_thread(jobs.store.get, job_id, jobs.owner(request))
+        job = await STORE_THREADS.run(jobs.store.get, job_id, jobs.owner(request))
         if job is None:
             return not_found(job_id)
         return JSONResponse(job_body(job, with_result=True))
 
     async def result(job_id: str, request: Request) -> Response:
-        job = await asyncio.to_thread(jobs.store.get, job_id, jobs.owner(request))
+        job = await STORE_THREADS.run(jobs.store.get, job_id, jobs.owner(request))
         if job is None:
             return not_found(job_id)
         if job.status is not JobStatus.DONE:
@@ -192,21 +193,21 @@ def add_job_routes(app: FastAPI, jobs: Jobs) -> None:
 
     async def cancel(job_id: str, request: Request) -> Response:
         owner = jobs.owner(request)
-        before = await asyncio.to_thread(jobs.store.cancel, job_id, owner, settings.jobs_ttl)
+        before = await STORE_THREADS.run(jobs.store.cancel, job_id, owner, settings.jobs_ttl)
         if before is not None:
             jobs.audio.delete(job_id)
             metrics.JOBS_FINISHED.labels(JobStatus.CANCELLED.value).inc()
-            cancelled = await asyncio.to_thread(jobs.store.get, job_id, owner)
+            cancelled = await STORE_THREADS.run(jobs.store.get, job_id, owner)
             assert cancelled is not None
             return JSONResponse(job_body(cancelled, with_result=False))
-        if await asyncio.to_thread(jobs.store.delete, job_id, owner):
+        if await STORE_THREADS.run(jobs.store.delete, job_id, owner):
             return Response(status_code=204)
         return not_found(job_id)
 
     async def recent(request: Request, limit: int = DEFAULT_PAGE, after: str | None = None) -> Response:
         if not 1 <= limit <= MAX_PAGE:
             return error_response(ItemError(Reason.BAD_OPTION, f"limit must be 1 to {MAX_PAGE}", param="limit"))
-        page = await asyncio.to_thread(jobs.store.recent, jobs.owner(request), limit + 1, after)
+        page = await STORE_THREADS.run(jobs.store.recent, jobs.owner(request), limit + 1, after)
         more = len(page) > limit
         page = page[:limit]
         return JSONResponse(

@@ -41,7 +41,9 @@ class Backend(Protocol):
     # appended to the claim's row selection: lets PostgreSQL replicas skip rows another one is claiming
     skip_locked: str
 
-    def transaction(self, serialise: str | None = None) -> AbstractContextManager[Transaction]: ...
+    def transaction(
+        self, serialise: str | None = None, readonly: bool = False
+    ) -> AbstractContextManager[Transaction]: ...
 
 
 class SqliteBackend:
@@ -66,10 +68,11 @@ class SqliteBackend:
             connection.close()
 
     @contextmanager
-    def transaction(self, serialise: str | None = None) -> Iterator[Transaction]:
-        # IMMEDIATE takes the write lock at once: every writing transaction is serialised, budget checks included
+    def transaction(self, serialise: str | None = None, readonly: bool = False) -> Iterator[Transaction]:
+        # IMMEDIATE takes the write lock at once: every writing transaction is serialised, budget checks included;
+        # readers take none (WAL): status polls never wait for a writer
         with self._connection() as connection:
-            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("BEGIN" if readonly else "BEGIN IMMEDIATE")
             try:
                 yield _SqliteTransaction(connection)
             except BaseException:
@@ -106,7 +109,7 @@ class PostgresBackend:
         self.url = url
 
     @contextmanager
-    def transaction(self, serialise: str | None = None) -> Iterator[Transaction]:
+    def transaction(self, serialise: str | None = None, readonly: bool = False) -> Iterator[Transaction]:
         from psycopg.rows import dict_row
 
         with self.psycopg.connect(self.url, row_factory=dict_row) as connection, connection.transaction():

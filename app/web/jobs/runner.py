@@ -28,6 +28,7 @@ from app.web.errors import RequestError
 from app.web.jobs.files import JobAudio
 from app.web.jobs.model import Claim, Job, JobStatus
 from app.web.jobs.store import JobStore
+from app.web.jobs.threads import STORE_THREADS
 from app.web.jobs.transcripts import joined, shifted, transcript_from_json, transcript_to_json
 from app.web.jobs.webhook import WebhookSender
 from app.web.uploads import RequestFiles
@@ -125,7 +126,7 @@ class JobRunner:
                 claim = None
                 if self.admission.phase is Phase.SERVING:
                     token = uuid.uuid4().hex
-                    claim = await asyncio.to_thread(self.store.claim, token, self.settings.jobs_lease_seconds)
+                    claim = await STORE_THREADS.run(self.store.claim, token, self.settings.jobs_lease_seconds)
                 if claim is None:
                     self._wake.clear()
                     with contextlib.suppress(asyncio.TimeoutError):
@@ -140,17 +141,17 @@ class JobRunner:
                 await asyncio.sleep(POLL_SECONDS)
 
     async def housekeeping(self) -> None:
-        for job_id in await asyncio.to_thread(self.store.expire):
+        for job_id in await STORE_THREADS.run(self.store.expire):
             self.audio.delete(job_id)
-        counts = await asyncio.to_thread(self.store.counts)
+        counts = await STORE_THREADS.run(self.store.counts)
         for status, jobs in counts.items():
             metrics.JOBS.labels(status.value).set(jobs)
         metrics.JOBS_QUEUE_DEPTH.set(counts[JobStatus.QUEUED])
-        metrics.JOBS_OLDEST_QUEUED_SECONDS.set(await asyncio.to_thread(self.store.oldest_queued_age))
+        metrics.JOBS_OLDEST_QUEUED_SECONDS.set(await STORE_THREADS.run(self.store.oldest_queued_age))
         if self.webhooks is not None:
             # calls still owed well after their runner's attempts would have ended: it died meanwhile
             orphaned_after = self.webhooks.longest_delivery_seconds + HOUSEKEEPING_SECONDS
-            for job in await asyncio.to_thread(self.store.take_owed_webhooks, orphaned_after):
+            for job in await STORE_THREADS.run(self.store.take_owed_webhooks, orphaned_after):
                 log.info("job %s: its webhook call was never settled; calling it now", job.id)
                 self.notify(job)
 
@@ -169,11 +170,11 @@ class JobRunner:
             await self.finish(claim, JobStatus.FAILED, error=str(failure))
         except Interrupted:
             log.info("job %s: interrupted; back to the queue", job.id)
-            await asyncio.to_thread(self.store.release, claim)
+            await STORE_THREADS.run(self.store.release, claim)
         except asyncio.CancelledError:
             # the HTTP process is stopping: hand the job back now, so a restart resumes it without a lease wait
             log.info("job %s: stopping; back to the queue", job.id)
-            await asyncio.shield(asyncio.to_thread(self.store.release, claim))
+            await asyncio.shield(STORE_THREADS.run(self.store.release, claim))
             raise
         except LeaseLost:
             log.info("job %s: cancelled or taken over; its work here is dropped", job.id)
@@ -185,7 +186,7 @@ class JobRunner:
     async def keep_lease(self, claim: Claim, lost: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(self.settings.jobs_lease_seconds / 3)
-            if not await asyncio.to_thread(self.store.renew, claim, self.settings.jobs_lease_seconds):
+            if not await STORE_THREADS.run(self.store.renew, claim, self.settings.jobs_lease_seconds):
                 lost.set()
                 return
 
@@ -207,9 +208,9 @@ class JobRunner:
             # mapped, not read: an hour of audio stays on the tmpfs, not in this process's memory
             waveform = np.memmap(files.waveform, dtype=WAVEFORM_DTYPE, mode="r")
             windows = self.splitter(waveform, 0)
-            if not await asyncio.to_thread(self.store.plan, claim, len(windows), seconds):
+            if not await STORE_THREADS.run(self.store.plan, claim, len(windows), seconds):
                 raise LeaseLost
-            saved_json = await asyncio.to_thread(self.store.saved_windows, job.id)
+            saved_json = await STORE_THREADS.run(self.store.saved_windows, job.id)
             done = {index: transcript_from_json(text) for index, text in saved_json.items()}
             run = WindowRun(self, claim, waveform, windows, done, lost)
             if options.language is None and 0 not in done:
@@ -232,7 +233,7 @@ class JobRunner:
         self, claim: Claim, status: JobStatus, result: str | None = None, error: str | None = None
     ) -> None:
         job = claim.job
-        ended = await asyncio.to_thread(
+        ended = await STORE_THREADS.run(
             self.store.finish, claim, status, self.settings.jobs_ttl, result=result, error=error
         )
         if not ended:
@@ -255,7 +256,7 @@ class JobRunner:
 
         async def deliver(webhooks: WebhookSender) -> str:
             outcome = await webhooks.deliver(url, payload)
-            await asyncio.to_thread(self.store.webhook_settled, job.id)
+            await STORE_THREADS.run(self.store.webhook_settled, job.id)
             return outcome
 
         delivery = asyncio.create_task(deliver(self.webhooks))
@@ -336,7 +337,7 @@ class WindowRun:
             raise JobFailed(f"the model worker answered a transcription with {type(outcome).__name__}")
         self.done[index] = shifted(outcome, window.start)
         seconds_done = sum(self.windows[i].end - self.windows[i].start for i in self.done) / SAMPLE_RATE
-        saved = await asyncio.to_thread(
+        saved = await STORE_THREADS.run(
             self.runner.store.save_window,
             self.claim,
             index,

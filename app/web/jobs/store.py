@@ -99,13 +99,13 @@ class JobStore:
 
     def audio_bytes_kept(self) -> int:
         """Bytes of uploads kept for jobs not yet over (the budget's use)."""
-        with self.backend.transaction() as tx:
+        with self.backend.transaction(readonly=True) as tx:
             return int(tx.execute("SELECT COALESCE(SUM(audio_bytes), 0) AS kept FROM whisper_jobs").fetchone()["kept"])
 
     def get(self, job_id: str, owner: str | None = None) -> Job | None:
         """The job, unless it expired or (when `owner` is given) belongs to someone else."""
         owned = "" if owner is None else " AND owner = :owner"
-        with self.backend.transaction() as tx:
+        with self.backend.transaction(readonly=True) as tx:
             row = tx.execute(
                 f"SELECT * FROM whisper_jobs WHERE id = :id AND {LIVE}{owned}",
                 {"id": job_id, "owner": owner, "now": self.clock()},
@@ -119,7 +119,7 @@ class JobStore:
             cursor_clause = (
                 " AND (created_at, id) < (SELECT created_at, id FROM whisper_jobs WHERE id = :after AND owner = :owner)"
             )
-        with self.backend.transaction() as tx:
+        with self.backend.transaction(readonly=True) as tx:
             rows = tx.execute(
                 f"""SELECT * FROM whisper_jobs WHERE owner = :owner AND {LIVE}{cursor_clause}
                 ORDER BY created_at DESC, id DESC LIMIT :limit""",
@@ -189,7 +189,7 @@ class JobStore:
 
     def saved_windows(self, job_id: str) -> dict[int, str]:
         """Transcripts of the windows a previous holder finished, by window index."""
-        with self.backend.transaction() as tx:
+        with self.backend.transaction(readonly=True) as tx:
             rows = tx.execute(
                 "SELECT window_index, transcript FROM whisper_job_windows WHERE job_id = :id", {"id": job_id}
             ).fetchall()
@@ -297,7 +297,7 @@ class JobStore:
 
     def counts(self) -> dict[JobStatus, int]:
         """How many live jobs are in each status (every status present, zero or not)."""
-        with self.backend.transaction() as tx:
+        with self.backend.transaction(readonly=True) as tx:
             rows = tx.execute(
                 f"SELECT status, COUNT(*) AS jobs FROM whisper_jobs WHERE {LIVE} GROUP BY status", {"now": self.clock()}
             ).fetchall()
@@ -306,7 +306,7 @@ class JobStore:
 
     def oldest_queued_age(self) -> float:
         """Seconds the oldest queued job has waited; 0 with none waiting."""
-        with self.backend.transaction() as tx:
+        with self.backend.transaction(readonly=True) as tx:
             row = tx.execute("SELECT MIN(created_at) AS oldest FROM whisper_jobs WHERE status = 'queued'").fetchone()
         return 0.0 if row["oldest"] is None else max(0.0, self.clock() - row["oldest"])
 

@@ -22,6 +22,7 @@ import requests
 from app import metrics
 from app.contract import Reason
 from app.web.errors import RequestError
+from app.web.jobs.threads import WEBHOOK_THREADS
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class WebhookSender:
         wait = self.backoff_seconds
         for attempt in range(1, self.attempts + 1):
             try:
-                status = await asyncio.to_thread(self.post_once, url, body, headers)
+                status = await WEBHOOK_THREADS.run(self.post_once, url, body, headers)
             except RequestError as error:
                 log.warning("webhook for job %s refused: %s", payload.get("id"), error.error.message)
                 metrics.WEBHOOK_DELIVERIES.labels("refused").inc()
