@@ -62,8 +62,8 @@ RUN apt-get update \
 # named volume or an unmounted run is writable.
 RUN groupadd --system --gid 10001 whisper \
     && useradd --system --uid 10001 --gid whisper --create-home --home-dir /home/whisper whisper \
-    && mkdir -p /models /uploads \
-    && chown whisper:whisper /models /uploads
+    && mkdir -p /models /uploads /jobs \
+    && chown whisper:whisper /models /uploads /jobs
 COPY --from=venv /opt/venv /opt/venv
 # /uploads is a tmpfs in docker-compose.yml and an emptyDir (medium Memory) in Kubernetes; the service's
 # own default, /dev/shm, is only 64 MB in a container.
@@ -73,9 +73,12 @@ ENV PATH=/opt/venv/bin:${PATH} \
     WHISPER_HOST=0.0.0.0 \
     WHISPER_PORT=8000 \
     WHISPER_TMP_DIR=/uploads \
-    WHISPER_MODEL_CACHE_DIR=/models
+    WHISPER_MODEL_CACHE_DIR=/models \
+    WHISPER_JOBS_DB=/jobs/jobs.db \
+    WHISPER_JOBS_DIR=/jobs/uploads
 # downloaded and converted weights: a volume, so they are fetched once, not on every new container
-VOLUME ["/models"]
+# jobs (their store and kept uploads) too: they outlive the container
+VOLUME ["/models", "/jobs"]
 USER 10001:10001
 WORKDIR /home/whisper
 EXPOSE 8000

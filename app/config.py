@@ -31,6 +31,11 @@ def default_model_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper-service"
 
 
+def default_data_dir() -> Path:
+    """Where jobs live by default; the image points WHISPER_JOBS_DB and WHISPER_JOBS_DIR at a volume instead."""
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "whisper-service"
+
+
 class Settings(BaseSettings):
     """Everything the service can be told, read from WHISPER_* environment variables."""
 
@@ -75,6 +80,25 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=1, le=100_000)
     # seconds SIGTERM waits for requests in flight before answering the rest with 503 and exiting
     shutdown_grace: float = Field(60.0, ge=0.0)
+    # the job store: a SQLite file on a volume, or postgresql://... shared by every replica
+    jobs_db: str = Field(default_factory=lambda: str(default_data_dir() / "jobs.db"))
+    # where uploads of unfinished jobs are kept; replicas sharing a PostgreSQL store must share this volume too
+    jobs_dir: Path = Field(default_factory=lambda: default_data_dir() / "job-uploads")
+    # seconds a finished job (its status and result) is kept before it is deleted
+    jobs_ttl: float = Field(86400.0, gt=0.0)
+    # most bytes of job uploads kept at once; a job past it gets 507 with Retry-After
+    jobs_max_bytes: int = Field(10_000_000_000, ge=1)
+    # seconds a runner holds a job without renewing; a job whose holder crashed runs again after this
+    jobs_lease_seconds: float = Field(60.0, ge=1.0)
+    # job windows an HTTP process keeps queued for the worker while no synchronous request is held (one otherwise)
+    jobs_windows_in_flight: int = Field(4, ge=1, le=1024)
+    # key of the HMAC-SHA256 signature on webhook calls; jobs may name a webhook_url only when it is set
+    webhook_secret: SecretStr | None = None
+    # let webhook URLs reach private, loopback and link-local addresses (the operator's own network)
+    webhook_allow_private: bool = False
+    # attempts at delivering one webhook call, the first included; waits double from WHISPER_WEBHOOK_BACKOFF
+    webhook_attempts: int = Field(5, ge=1, le=20)
+    webhook_backoff: float = Field(1.0, gt=0.0, le=600.0)
     # open connections per HTTP process (lowered at start-up to what the open-file limit allows); past it the
     # oldest connection still waiting for its request headers is closed, or, if none waits, the new one
     max_connections: int = Field(1000, ge=1, le=1_000_000)

@@ -44,6 +44,9 @@ class Reason(str, Enum):
     UPLOAD_TOO_SLOW = "upload_too_slow"
     HEADERS_TOO_LARGE = "headers_too_large"
     BAD_REQUEST = "bad_request"
+    # the jobs API's own answers (never from a worker): no such job for this key, no result yet
+    JOB_NOT_FOUND = "job_not_found"
+    JOB_NOT_DONE = "job_not_done"
 
 
 @dataclass(frozen=True)

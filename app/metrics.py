@@ -81,6 +81,29 @@ GPU_MEMORY = Gauge(
 )
 AUDIO_SECONDS = Counter("whisper_audio_seconds_total", "Seconds of audio transcribed.", ["worker"])
 
+# the job store's counts, read from the store by each HTTP process's runner: every replica reports the same
+# totals for a shared PostgreSQL store, so aggregate them with max, not sum
+JOBS = Gauge("whisper_jobs", "Jobs in the store, by status.", ["status"], multiprocess_mode="mostrecent")
+JOBS_QUEUE_DEPTH = Gauge(
+    "whisper_jobs_queue_depth", "Jobs waiting for a runner (status queued).", multiprocess_mode="mostrecent"
+)
+JOBS_OLDEST_QUEUED_SECONDS = Gauge(
+    "whisper_jobs_oldest_queued_seconds",
+    "How long the oldest queued job has waited; 0 with none waiting.",
+    multiprocess_mode="mostrecent",
+)
+JOBS_FINISHED = Counter("whisper_jobs_finished_total", "Jobs this instance ended, by final status.", ["status"])
+JOB_SECONDS = Histogram(
+    "whisper_job_duration_seconds",
+    "Time from a job's submission to its completion or failure.",
+    buckets=(*LATENCY_BUCKETS, 1800, 3600, 7200, 14400),
+)
+WEBHOOK_DELIVERIES = Counter(
+    "whisper_webhook_deliveries_total",
+    "Webhook attempts by outcome: delivered, retried (a failed attempt with more to come), failed, refused (URL).",
+    ["outcome"],
+)
+
 
 def clear_multiprocess_dir() -> None:
     """Forget values from an earlier run that used the same directory."""

@@ -7,9 +7,11 @@ Supervisor's verdict.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import torch
-from fastapi import Response
+from fastapi import FastAPI, Response
 
 from app import metrics
 from app.config import Settings, litserve_devices, load_settings
@@ -19,6 +21,9 @@ from app.litserve_adapter import SupervisedLitServer
 from app.web import native_api, request_log
 from app.web.admission import HEALTH_PATH, Admission, HealthGate
 from app.web.connections import ConnectionLimits, HeaderLimits, connections_that_fit, guarded_protocol
+from app.web.jobs.api import JOBS_PATH, add_job_routes
+from app.web.jobs.model import JobForm
+from app.web.jobs.wiring import build_jobs
 from app.web.request_log import RequestLogMiddleware
 from app.web.routes import ROUTES, TranscriptionRoutes
 from app.web.schema import describe_uploads
@@ -26,6 +31,7 @@ from app.web.security import ApiKeyMiddleware
 from app.web.uploads import claim_upload_dir
 from app.worker.litapi import WhisperLitAPI, resolve_device
 from app.worker.loading import default_model_spec, model_display_name
+from app.worker.windows import split_waveform
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +88,18 @@ def build_server(settings: Settings) -> tuple[SupervisedLitServer, Supervisor]:
         return Response(body, media_type=content_type)
 
     server.app.add_api_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
-    forms = {route.path: route.form for route in ROUTES}
+    jobs = build_jobs(settings, admission, spec.worker_client.run, split_waveform)
+    add_job_routes(server.app, jobs)
+    litserve_lifespan = server.app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # each HTTP process runs its own job runner beside LitServe's response reader
+        async with litserve_lifespan(app), jobs.runner.running():
+            yield
+
+    server.app.router.lifespan_context = lifespan
+    forms = {route.path: route.form for route in ROUTES} | {JOBS_PATH: JobForm}
     server.app.openapi = describe_uploads(server.app, forms, open_paths if settings.api_key else None)
     return server, supervisor
 

@@ -25,13 +25,13 @@ HTTP_PROCESS_LINE = re.compile(r"Started server process \[(\d+)\]")
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
+def wait_until(condition: Callable[[], T], timeout: float, what: str, poll_seconds: float = POLL_SECONDS) -> T:
     """Poll `condition` until it returns something truthy, and return that; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if result := condition():
             return result
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll_seconds)
     raise TimeoutError(f"not within {timeout} s: {what}")
 
 
@@ -98,6 +98,9 @@ class ServiceProcess:
             "WHISPER_TMP_DIR": str(self.upload_dir),
             "WHISPER_MODEL_CACHE_DIR": str(model_cache_dir),
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            # each service its own job store, never the user's default one
+            "WHISPER_JOBS_DB": str(workdir / "jobs.db"),
+            "WHISPER_JOBS_DIR": str(workdir / "job-uploads"),
             "PYTHONUNBUFFERED": "1",
             **env,
         }
@@ -106,6 +109,17 @@ class ServiceProcess:
         self.auth_headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def start(self) -> ServiceProcess:
+        self.launch()
+        try:
+            self.wait_until_healthy()
+        except BaseException:
+            # a service that never became healthy is stopped here: its test never gets it to stop
+            self.stop()
+            raise
+        return self
+
+    def launch(self) -> ServiceProcess:
+        """Start the process without waiting for it, so several services load their models at once."""
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app"],
@@ -115,12 +129,6 @@ class ServiceProcess:
             start_new_session=True,
             preexec_fn=self._limit_open_files if self.max_open_files else None,
         )
-        try:
-            self.wait_until_healthy()
-        except BaseException:
-            # a service that never became healthy is stopped here: its test never gets it to stop
-            self.stop()
-            raise
         return self
 
     def _limit_open_files(self) -> None:

@@ -43,8 +43,16 @@ REFUSALS: dict[Reason, Refusal] = {
     Reason.OVERLOADED: Refusal(503, "WHISPER_MAX_QUEUE uploads are already held", retry_after=2),
     Reason.UNAVAILABLE: Refusal(503, "the server is draining or restarting", retry_after=10),
     Reason.TIMEOUT: Refusal(504, "the request outlived WHISPER_REQUEST_TIMEOUT"),
-    Reason.STORAGE_FULL: Refusal(507, "the upload directory (tmpfs) is full", retry_after=10),
+    Reason.STORAGE_FULL: Refusal(
+        507, "the upload directory (tmpfs) is full, or job uploads fill WHISPER_JOBS_MAX_BYTES", retry_after=10
+    ),
+    Reason.JOB_NOT_FOUND: Refusal(404, "no job of that id for this API key, or it expired"),
+    Reason.JOB_NOT_DONE: Refusal(409, "the job has no result: it is queued, running, failed or cancelled"),
 }
+
+
+# answered by the /v1/jobs routes about a stored job, never by an upload
+JOB_REASONS = frozenset({Reason.JOB_NOT_FOUND, Reason.JOB_NOT_DONE})
 
 
 def status_of(error: ItemError) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.web.errors import REFUSALS
+from app.web.errors import JOB_REASONS, REFUSALS
 from app.web.forms import UploadForm
 
 FILE = {"type": "string", "format": "binary", "description": "audio or video; its content, not its name, decides"}
@@ -35,6 +35,8 @@ def error_responses() -> dict[str, dict[str, str]]:
     """Every status an upload may fail with, each described by the reasons that produce it and what they mean."""
     reasons: dict[int, list[str]] = {}
     for reason, refusal in REFUSALS.items():
+        if reason in JOB_REASONS:
+            continue
         reasons.setdefault(refusal.status, []).append(f"{reason.value} ({refusal.meaning})")
     return {str(status): {"description": "reason: " + "; ".join(names)} for status, names in sorted(reasons.items())}
 

@@ -83,6 +83,8 @@ class Upload:
 
     file_size: int = 0
     file_field: str | None = None
+    # the name the client gave the audio part, for its own reference (never used as a path)
+    file_name: str = ""
     fields: dict[str, str] = field(default_factory=dict)
     # fields sent as "name[]", possibly repeated (OpenAI's timestamp_granularities[]), under "name"
     lists: dict[str, list[str]] = field(default_factory=dict)
@@ -126,6 +128,7 @@ class _FormReceiver:
                     "the form carries more than one audio file; send one per request",
                 )
             self.upload.file_field = name
+            self.upload.file_name = self._disposition.get(b"filename", b"").decode("utf-8", errors="replace")[:255]
             self._writing_audio = True
         else:
             # repeated name[] parts count too: each is held in memory

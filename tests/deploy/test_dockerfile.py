@@ -69,7 +69,14 @@ def test_runs_as_a_numeric_non_root_user() -> None:
 def test_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     environment = dockerfile.runtime().environment()
     whisper = {name: value for name, value in environment.items() if name.startswith("WHISPER_")}
-    assert set(whisper) == {"WHISPER_HOST", "WHISPER_PORT", "WHISPER_TMP_DIR", "WHISPER_MODEL_CACHE_DIR"}
+    assert set(whisper) == {
+        "WHISPER_HOST",
+        "WHISPER_PORT",
+        "WHISPER_TMP_DIR",
+        "WHISPER_MODEL_CACHE_DIR",
+        "WHISPER_JOBS_DB",
+        "WHISPER_JOBS_DIR",
+    }
     for name, value in whisper.items():
         monkeypatch.setenv(name, value)
     settings = Settings()
@@ -81,6 +88,14 @@ def test_model_cache_is_a_volume() -> None:
     runtime = dockerfile.runtime()
     (volumes,) = runtime.arguments("VOLUME")
     assert runtime.environment()["WHISPER_MODEL_CACHE_DIR"] in json.loads(volumes)
+
+
+def test_jobs_live_on_a_volume() -> None:
+    runtime = dockerfile.runtime()
+    (volumes,) = runtime.arguments("VOLUME")
+    environment = runtime.environment()
+    assert Path(environment["WHISPER_JOBS_DB"]).parent.as_posix() in json.loads(volumes)
+    assert Path(environment["WHISPER_JOBS_DIR"]).is_relative_to(Path(environment["WHISPER_JOBS_DB"]).parent)
 
 
 def test_healthcheck_asks_health_on_the_service_port() -> None:

@@ -32,7 +32,7 @@ def test_kubernetes_prometheus_config_is_valid(tmp_path: Path) -> None:
 
 
 def test_alert_rules_are_valid() -> None:
-    assert "4 rules found" in run(require("promtool"), "check", "rules", str(ALERTS))
+    assert "6 rules found" in run(require("promtool"), "check", "rules", str(ALERTS))
 
 
 def test_alert_rules_pass_their_unit_tests() -> None:

@@ -1,0 +1,52 @@
+"""Uploads kept for jobs until they are done: one file per job in WHISPER_JOBS_DIR, within WHISPER_JOBS_MAX_BYTES.
+
+The store counts the bytes (so every replica sees one budget); this module only names and moves the files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+
+from app.contract import Reason
+from app.web.errors import RequestError
+from app.web.uploads import Upload, receive_upload
+
+UPLOAD_SUFFIX = ".upload"
+
+
+def budget_full(max_bytes: int) -> RequestError:
+    """507: the kept uploads fill WHISPER_JOBS_MAX_BYTES (or, with 0, the volume itself)."""
+    where = f"the {max_bytes / 1e6:g} MB this server keeps" if max_bytes else "the server's job volume"
+    return RequestError(
+        Reason.STORAGE_FULL,
+        f"the uploads of unfinished jobs already fill {where}; retry when some are done",
+    )
+
+
+class JobAudio:
+    """The directory of kept job uploads; a job's file is named by its id, never by the client."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, job_id: str) -> Path:
+        return self.directory / f"{job_id}{UPLOAD_SUFFIX}"
+
+    def delete(self, job_id: str) -> None:
+        self.path(job_id).unlink(missing_ok=True)
+
+    async def receive(self, request: Request, job_id: str, max_upload_bytes: int, budget_left: int) -> Upload:
+        """Stream the job's upload to its file: 413 past the upload limit, 507 past what the budget has left."""
+        try:
+            return await receive_upload(request, self.path(job_id), min(max_upload_bytes, budget_left))
+        except RequestError as error:
+            self.delete(job_id)
+            if error.error.reason is Reason.UPLOAD_TOO_LARGE and budget_left < max_upload_bytes:
+                raise budget_full(budget_left) from None
+            raise
+        except BaseException:
+            self.delete(job_id)
+            raise

@@ -1,0 +1,74 @@
+"""Fixtures for the jobs tests: a PostgreSQL server for the session, and a store on each backend."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.jobs.client import BUDGET_BYTES, jobs_env
+from tests.postgres import postgres_server
+from tests.service import ServiceProcess
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str) -> str:
+    """A new, empty database on the session's server, so each test starts without jobs."""
+    import psycopg
+
+    name = f"jobs_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def jobs_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """WHISPER_JOBS_DB for each backend: a SQLite file, and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "jobs.sqlite3")
+    return request.getfixturevalue("fresh_postgres_url")
+
+
+def looped(clip: Path, times: int, destination: Path) -> Path:
+    """`clip` played `times` over, as Opus: small to upload, long to transcribe."""
+    loop = ["-stream_loop", str(times - 1), "-i", str(clip), "-c:a", "libopus", "-b:a", "24k"]
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *loop, str(destination)], check=True)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def ten_minute_speech(minute_long_wav: Path) -> Path:
+    """About eleven minutes of speech (23 windows): the long job the latency test runs beside short requests."""
+    return looped(minute_long_wav, 10, minute_long_wav.parent / "ten-minutes.ogg")
+
+
+@pytest.fixture(scope="session")
+def few_minutes_speech(minute_long_wav: Path) -> Path:
+    """About three minutes of speech (7 windows): long enough to cancel or interrupt a job part way."""
+    return looped(minute_long_wav, 3, minute_long_wav.parent / "three-minutes.ogg")
+
+
+@pytest.fixture(scope="session")
+def jobs_service(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> Iterator[ServiceProcess]:
+    """A service on SQLite with a key, a small upload budget and webhooks allowed to reach this host."""
+    workdir = tmp_path_factory.mktemp("jobs-service")
+    with ServiceProcess(
+        workdir,
+        model_cache_dir,
+        **jobs_env(workdir / "jobs.db", workdir / "job-uploads"),
+        WHISPER_JOBS_MAX_BYTES=str(BUDGET_BYTES),
+        WHISPER_WEBHOOK_ALLOW_PRIVATE="1",
+        WHISPER_WEBHOOK_ATTEMPTS="3",
+        WHISPER_WEBHOOK_BACKOFF="0.2",
+    ) as process:
+        yield process
