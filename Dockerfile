@@ -12,12 +12,15 @@
 # request, and NVIDIA_DRIVER_CAPABILITIES=compute,utility. Another CUDA needs both arguments changed
 # together: CUDA_BASE and a TORCH_INDEX_URL serving that CUDA build of torch.
 ARG FLAVOR=cuda
-ARG UBUNTU_IMAGE=ubuntu:24.04
+# The OS of the build stages and of the CPU runtime: Ubuntu, the CUDA base's own release, or any Debian-like
+# image with python3-venv (CI builds on a Debian bookworm made with debootstrap: no registry there).
+ARG BASE_IMAGE=ubuntu:24.04
 ARG CUDA_BASE=nvidia/cuda:13.0.2-base-ubuntu24.04
 ARG TORCH_VERSION=2.13.0
 
-# Every stage is Ubuntu 24.04, so the venv's /usr/bin/python3 (3.12) exists as-is in the runtime.
-FROM ${UBUNTU_IMAGE} AS python-build
+# The venv is made with BASE_IMAGE's python3; the runtime is BASE_IMAGE too (cpu) or CUDA_BASE, built on the
+# same Ubuntu release (cuda), so the venv's /usr/bin/python3 exists as-is there (checked at the end).
+FROM ${BASE_IMAGE} AS python-build
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -25,19 +28,19 @@ RUN apt-get update \
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 
-# torch goes in its own layer, before the code, so code changes do not download it again
-FROM python-build AS torch-cuda
+# torch goes in its own layer, before the code, so code changes do not download it again. One stage for both
+# flavours, not one each: Docker's classic builder builds every stage, and would fetch both builds of torch.
+# TORCH_INDEX_URL replaces the flavour's index: a mirror, or a local index of the same wheels.
+FROM python-build AS venv
+ARG FLAVOR
 ARG TORCH_VERSION
-ARG TORCH_INDEX_URL=https://pypi.org/simple
-RUN /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
-
-FROM python-build AS torch-cpu
-ARG TORCH_VERSION
-RUN /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
-
-# the stage named by FLAVOR; hadolint cannot resolve the variable and takes it for an untagged image
-# hadolint ignore=DL3006
-FROM torch-${FLAVOR} AS venv
+ARG TORCH_INDEX_URL=""
+RUN case "${FLAVOR}" in \
+        cuda) index="${TORCH_INDEX_URL:-https://pypi.org/simple}" ;; \
+        cpu) index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" ;; \
+        *) echo "FLAVOR must be cuda or cpu, not ${FLAVOR}" >&2; exit 1 ;; \
+    esac \
+    && /opt/venv/bin/pip install --index-url "${index}" "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md /src/
 COPY app /src/app
 # cpu-model bundles tiny.en (75 MB), so even the CUDA image serves offline on a host without a GPU.
@@ -48,11 +51,11 @@ RUN /opt/venv/bin/pip install "/src[cpu-model]" \
     fi
 
 FROM ${CUDA_BASE} AS base-cuda
-FROM ${UBUNTU_IMAGE} AS base-cpu
+FROM ${BASE_IMAGE} AS base-cpu
 
 # hadolint ignore=DL3006
 FROM base-${FLAVOR} AS runtime
-# Ubuntu's packages are not pinned: the archive drops superseded versions, and security fixes should land.
+# The distribution's packages are not pinned: the archive drops superseded versions, and security fixes should land.
 # ca-certificates: named models download over HTTPS, and --no-install-recommends would leave it out.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -65,6 +68,8 @@ RUN groupadd --system --gid 10001 whisper \
     && mkdir -p /models /uploads \
     && chown whisper:whisper /models /uploads
 COPY --from=venv /opt/venv /opt/venv
+# the venv's python is a link to the build stage's python3: a runtime without that same Python fails here
+RUN /opt/venv/bin/python -B -c "import torch, whisper, app"
 # /uploads is a tmpfs in docker-compose.yml and an emptyDir (medium Memory) in Kubernetes; the service's
 # own default, /dev/shm, is only 64 MB in a container.
 ENV PATH=/opt/venv/bin:${PATH} \
