@@ -23,7 +23,7 @@ ARG TORCH_VERSION=2.13.0
 FROM ${BASE_IMAGE} AS python-build
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && apt-get install -y --no-install-recommends python3 python3-venv binutils \
     && rm -rf /var/lib/apt/lists/*
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
@@ -41,14 +41,27 @@ RUN case "${FLAVOR}" in \
         *) echo "FLAVOR must be cuda or cpu, not ${FLAVOR}" >&2; exit 1 ;; \
     esac \
     && /opt/venv/bin/pip install --index-url "${index}" "torch==${TORCH_VERSION}"
-COPY pyproject.toml README.md /src/
-COPY app /src/app
+# The dependencies next, from pyproject.toml alone (an empty package in place of the code), so a change to the
+# code or the README reinstalls only the package below, in seconds.
 # cpu-model bundles tiny.en (75 MB), so even the CUDA image serves offline on a host without a GPU.
 # triton (~1 GB) only compiles CUDA kernels: openai-whisper pulls it in, a CPU-only torch never uses it.
-RUN /opt/venv/bin/pip install "/src[cpu-model]" \
+COPY pyproject.toml /src/
+RUN mkdir /src/app \
+    && touch /src/README.md \
+    && /opt/venv/bin/pip install "/src[cpu-model]" \
+    && /opt/venv/bin/pip uninstall -y whisper-service \
     && if /opt/venv/bin/python -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then \
         /opt/venv/bin/pip uninstall -y triton; \
     fi
+COPY README.md /src/
+COPY app /src/app
+# Then what the service never runs leaves the venv (about 0.3 GB): pip itself, torch's C++ headers and test
+# programs, and the symbol tables of torch's own libraries (strip, from binutils, stays in this stage).
+RUN /opt/venv/bin/pip install --no-deps /src \
+    && /opt/venv/bin/pip uninstall -y pip setuptools \
+    && torch="$(echo /opt/venv/lib/python3*/site-packages/torch)" \
+    && rm -rf "${torch}/include" "${torch}/test" "${torch}"/bin/test_* "${torch}"/bin/*Test "${torch}"/bin/protoc* \
+    && strip --strip-unneeded "${torch}"/lib/libtorch*.so "${torch}"/lib/libc10*.so
 
 FROM ${CUDA_BASE} AS base-cuda
 FROM ${BASE_IMAGE} AS base-cpu
@@ -57,16 +70,31 @@ FROM ${BASE_IMAGE} AS base-cpu
 FROM base-${FLAVOR} AS runtime
 # The distribution's packages are not pinned: the archive drops superseded versions, and security fixes should land.
 # ca-certificates: named models download over HTTPS, and --no-install-recommends would leave it out.
+# dpkg leaves out what a headless service never reads, as slim distribution images do: documentation,
+# translations, and the Mesa GL drivers (with their LLVM, ~0.2 GB) that ffmpeg's video output devices pull in.
+# The packages still count as installed, so an image built on this one can apt-get as usual; the last line
+# proves ffmpeg and ffprobe start without those files.
 # hadolint ignore=DL3008
-RUN apt-get update \
+RUN printf 'path-exclude=%s\n' '/usr/share/doc/*' '/usr/share/man/*' '/usr/share/info/*' '/usr/share/locale/*' \
+        '/usr/lib/*/dri/*' '/usr/lib/*/libLLVM*' '/usr/lib/*/libz3.so*' >/etc/dpkg/dpkg.cfg.d/whisper-headless \
+    && echo 'path-include=/usr/share/doc/*/copyright' >>/etc/dpkg/dpkg.cfg.d/whisper-headless \
+    && apt-get update \
     && apt-get install -y --no-install-recommends python3 ffmpeg ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
-# A numeric UID, so Kubernetes' runAsNonRoot can verify it; /models and /uploads belong to it, so a fresh
-# named volume or an unmounted run is writable.
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* \
+    && ffmpeg -hide_banner -version >/dev/null \
+    && ffprobe -hide_banner -version >/dev/null
+# A numeric UID, so Kubernetes' runAsNonRoot can verify it. It may write to /models, /uploads and /tmp, and
+# nowhere else. /models is its own, so a fresh named volume is writable; /uploads is world-writable too,
+# because a tmpfs mounted there (docker-compose.yml) takes the directory's mode but not its owner; the other
+# world-writable directories of the distribution are closed, and its home belongs to root.
 RUN groupadd --system --gid 10001 whisper \
-    && useradd --system --uid 10001 --gid whisper --create-home --home-dir /home/whisper whisper \
-    && mkdir -p /models /uploads \
-    && chown whisper:whisper /models /uploads
+    && useradd --system --uid 10001 --gid whisper --no-create-home --home-dir /home/whisper whisper \
+    && mkdir -p /models /uploads /home/whisper \
+    && chown whisper:whisper /models /uploads \
+    && chmod 1777 /uploads \
+    && chmod 0755 /var/tmp \
+    && if [ -d /run/lock ]; then chmod 0755 /run/lock; fi
 COPY --from=venv /opt/venv /opt/venv
 # the venv's python is a link to the build stage's python3: a runtime without that same Python fails here
 RUN /opt/venv/bin/python -B -c "import torch, whisper, app"

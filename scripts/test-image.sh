@@ -116,8 +116,12 @@ serve_torch_index() {
     log "download.pytorch.org unreachable: a local index of torch==$torch_version+cpu for Python $python_version"
     rm -rf "$index"
     mkdir -p "$index/files"
-    "$PYTHON" -m pip download --quiet --disable-pip-version-check --dest "$index/files" --only-binary=:all: \
-      --python-version "$python_version" --platform manylinux_2_28_x86_64 "torch==$torch_version+cpu"
+    if ! "$PYTHON" -m pip download --quiet --disable-pip-version-check --dest "$index/files" --only-binary=:all: \
+      --python-version "$python_version" --platform manylinux_2_28_x86_64 "torch==$torch_version+cpu" \
+      >"$cache/torch-download.log" 2>&1; then
+      tail -20 "$cache/torch-download.log" >&2
+      exit 1
+    fi
     # one directory per project under its normalised name: a PEP 503 index as http.server lists it
     for wheel in "$index"/files/*.whl; do
       local project
