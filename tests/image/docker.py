@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+
 import requests
 
 from tests.service import ServiceProcess, free_port, wait_until
@@ -22,7 +23,8 @@ def docker(*arguments: str, timeout: float = 120, check: bool = True) -> str:
     """Run the docker CLI; a failure fails the test with everything docker said."""
     result = subprocess.run(["docker", *arguments], capture_output=True, text=True, timeout=timeout, check=False)
     if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(arguments)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
+        said = result.stdout + result.stderr
+        raise AssertionError(f"docker {' '.join(arguments)} exited {result.returncode}:\n{said}")
     return result.stdout
 
 

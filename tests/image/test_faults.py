@@ -80,8 +80,12 @@ def test_a_killed_model_worker_exits_non_zero_and_the_restart_policy_brings_the_
         wait_until(lambda: container.inspect()["RestartCount"] >= 1, 60, "Docker restarts the container")
         until = str(int(time.time()) + 1)
         exits = docker(
-            "events", f"--since={since}", f"--until={until}", f"--filter=container={container.name}",
-            "--filter=event=die", "--format={{.Actor.Attributes.exitCode}}",
+            "events",
+            f"--since={since}",
+            f"--until={until}",
+            f"--filter=container={container.name}",
+            "--filter=event=die",
+            "--format={{.Actor.Attributes.exitCode}}",
         ).split()
         assert exits[0] == str(EXIT_PROCESS_DIED), exits
         container.wait_until_serving()

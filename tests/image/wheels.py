@@ -1,65 +1,66 @@
-"""What the CUDA flavour's venv would hold, without a GPU or its base image: pip's resolution for the CUDA stage's
-Python and platform, and the size of each wheel (downloaded and unpacked) read from its index over HTTP.
+"""What the CUDA flavour's venv would hold, without a GPU or its base image: the resolution for the CUDA base's
+Python and platform (uv, from the index's metadata, no wheel downloaded), and each wheel's size read over HTTP.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import tomllib
+import uv
 
 PYPI = "https://pypi.org/simple"
-SYSTEM_CERTIFICATES = Path("/etc/ssl/certs/ca-certificates.crt")
-
-
-def pip(*arguments: str) -> None:
-    """pip as the image's build runs it: PyPI alone, none of this machine's pip configuration."""
-    certificates = ["--cert", str(SYSTEM_CERTIFICATES)] if SYSTEM_CERTIFICATES.exists() else []
-    command = [sys.executable, "-m", "pip", *arguments, "--isolated", "--disable-pip-version-check", *certificates]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, f"pip {' '.join(arguments)} exited {result.returncode}:\n{result.stderr}"
-
-
-def glibc_platforms(newest_minor: int) -> list[str]:
-    """pip's --platform names every manylinux tag a glibc 2.<newest_minor> x86-64 host accepts (pip does not)."""
-    return [f"manylinux_2_{minor}_x86_64" for minor in range(5, newest_minor + 1)] + [
-        "manylinux1_x86_64",
-        "manylinux2010_x86_64",
-        "manylinux2014_x86_64",
-    ]
 
 
 @dataclass(frozen=True)
-class Wheel:
+class Locked:
+    """One package of the resolution: its wheel's URL and size, or none (an sdist or a local directory)."""
+
     name: str
     version: str
-    url: str
+    wheel_url: str | None
+    wheel_bytes: int
 
 
-def resolve(requirements: list[str], python_version: str, glibc_minor: int, find_links: Path, report: Path) -> list[Wheel]:
-    """The wheels pip would install for `requirements` on that Python and glibc, from PyPI and `find_links`."""
-    platforms = [argument for platform in glibc_platforms(glibc_minor) for argument in ("--platform", platform)]
-    pip(
-        "install", "--dry-run", "--quiet", "--target", str(report.parent / "unused-target"), "--report", str(report),
-        "--python-version", python_version, *platforms, "--only-binary=:all:",
-        "--index-url", PYPI, "--find-links", str(find_links), *requirements,
-    )  # fmt: skip
-    installs = json.loads(report.read_text())["install"]
-    return [Wheel(item["metadata"]["name"], item["metadata"]["version"], item["download_info"]["url"]) for item in installs]
+def resolve(
+    requirements: list[str], python_version: str, platform: str, from_source: list[str], lock: Path
+) -> list[Locked]:
+    """The packages `requirements` resolve to from PyPI for that Python and platform (in uv's words, such as
+    x86_64-manylinux_2_39): wheels only but for `from_source`, as the build's pip installs them. uv writes `lock`.
+    """
+    requirements_file = lock.with_name("requirements.in")
+    requirements_file.write_text("\n".join(requirements) + "\n")
+    sources = [argument for name in from_source for argument in ("--no-binary", name)]
+    command = [
+        uv.find_uv_bin(), "pip", "compile", "--quiet", "--no-config", "--no-cache", "--native-tls",
+        "--python-version", python_version, "--python-platform", platform, "--only-binary", ":all:", *sources,
+        "--index-url", PYPI, "--output-file", str(lock), str(requirements_file),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, f"uv pip compile exited {result.returncode}:\n{result.stderr}"
+    packages = tomllib.loads(lock.read_text())["packages"]
+    return [
+        Locked(
+            package["name"],
+            package.get("version", ""),
+            package["wheels"][0]["url"] if "wheels" in package else None,
+            package["wheels"][0]["size"] if "wheels" in package else 0,
+        )
+        for package in packages
+    ]
 
 
 class RemoteFile(io.RawIOBase):
     """A file on an HTTP server, read with Range requests: enough for zipfile to list a wheel without fetching it."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, size: int) -> None:
         self.url = url
-        self.size = int(requests.head(url, allow_redirects=True, timeout=60).headers["Content-Length"])
+        self.size = size
         self.position = 0
 
     def readable(self) -> bool:
@@ -87,12 +88,8 @@ class RemoteFile(io.RawIOBase):
         return len(data)
 
 
-def wheel_sizes(url: str) -> tuple[int, int]:
-    """(download, unpacked) bytes of one wheel, from its zip directory: the end of the file, not all of it."""
-    if url.startswith("file://"):
-        local = Path(url.removeprefix("file://"))
-        with zipfile.ZipFile(local) as wheel:
-            return local.stat().st_size, sum(entry.file_size for entry in wheel.infolist())
-    remote = RemoteFile(url)
+def unpacked_bytes(package: Locked) -> int:
+    """What a wheel takes once installed, from its zip directory: the end of the file, not all of it."""
+    remote = RemoteFile(package.wheel_url, package.wheel_bytes)
     with zipfile.ZipFile(io.BufferedReader(remote, buffer_size=1 << 20)) as wheel:
-        return remote.size, sum(entry.file_size for entry in wheel.infolist())
+        return sum(entry.file_size for entry in wheel.infolist())
