@@ -54,7 +54,7 @@ def test_the_cuda_stage_resolves_to_torchs_cuda_build(tmp_path: Path) -> None:
 
     wheels = [package for package in packages if package.wheel_url]
     download = sum(package.wheel_bytes for package in wheels)
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(4) as pool:
         unpacked = sum(pool.map(unpacked_bytes, wheels))
     FIGURES["CUDA venv"] = (
         f"{len(wheels)} wheels, {download / 1e9:.2f} GB to download, {unpacked / 1e9:.2f} GB installed"

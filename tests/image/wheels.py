@@ -13,8 +13,13 @@ from pathlib import Path
 import requests
 import tomllib
 import uv
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 PYPI = "https://pypi.org/simple"
+# dozens of small reads over a busy proxy: a dropped connection is retried, not taken for a broken wheel
+HTTP = requests.Session()
+HTTP.mount("https://", HTTPAdapter(max_retries=Retry(total=5, backoff_factor=1, status_forcelist=[502, 503, 504])))
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ class RemoteFile(io.RawIOBase):
         end = min(self.position + len(buffer), self.size)
         if end <= self.position:
             return 0
-        response = requests.get(self.url, headers={"Range": f"bytes={self.position}-{end - 1}"}, timeout=120)
+        response = HTTP.get(self.url, headers={"Range": f"bytes={self.position}-{end - 1}"}, timeout=120)
         assert response.status_code == 206, f"{self.url} ignored the Range request ({response.status_code})"
         data = response.content
         buffer[: len(data)] = data
