@@ -131,8 +131,8 @@ serve_torch_index() {
     done
     touch "$index/complete-$torch_version-$python_version"
   fi
-  local port
-  port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  # a fixed address: the build argument is part of the layer cache's key, so a new port would rebuild the venv
+  local port="${WHISPER_TORCH_INDEX_PORT:-38471}"
   "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$index/simple" "$port" >"$cache/torch-index.log" 2>&1 &
   cleanup_pids+=($!)
   torch_index_url="http://127.0.0.1:$port/"
