@@ -22,8 +22,9 @@ from whisper.tokenizer import Tokenizer, get_tokenizer
 from app.errors import ItemError, Reason
 from app.worker import cuda_decoding, precision, synthetic
 from app.worker.alignment import add_words
-from app.worker.segments import Segment, Transcript, window_segments
-from app.worker.windows import split_waveform
+from app.worker.seek import SeekBack, seek_back
+from app.worker.segments import TIME_PRECISION, Segment, Transcript, in_order, window_segments
+from app.worker.windows import Window, split_waveform
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,12 @@ NO_SPEECH_THRESHOLD = 0.6
 TASKS = ("transcribe", "translate")
 # languages listed by POST /detect-language
 LANGUAGE_CANDIDATES = 5
+# rounds of follow-up windows after the first decode; transcribe() has no limit, but a model that stops
+# early again and again must not hold the batch (each round is one more encoder pass and decode)
+MAX_FOLLOW_UP_ROUNDS = 8
+# a rest of a window shorter than this is not decoded again: too short to hold a word, and whisper
+# tends to invent one ("you") in near-empty windows
+MIN_FOLLOW_UP_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,19 @@ def is_silence(result: DecodingResult) -> bool:
     return result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob <= LOGPROB_THRESHOLD
 
 
+def rest_of_window(window: Window, back: SeekBack | None) -> Window | None:
+    """The follow-up window transcribe() would decode after seeking back, or None when the window is done.
+
+    A seek that does not move forward, or leaves too little audio, ends the window (no endless loop).
+    """
+    if back is None:
+        return None
+    heard = round(back.resume_at * TIME_PRECISION * SAMPLE_RATE)
+    if heard <= 0 or window.length - heard < MIN_FOLLOW_UP_SECONDS * SAMPLE_RATE:
+        return None
+    return window.after(heard)
+
+
 class Transcriber:
     """Batched Whisper inference over many requests' waveforms at once.
 
@@ -166,16 +186,23 @@ class Transcriber:
             passes.append(self.model.encoder(mel))
         return torch.cat(passes)
 
-    def languages(self, jobs: Sequence[AudioJob], first_features: torch.Tensor) -> list[str]:
-        """Each job's language: asked for, the only one an English-only model knows, or detected."""
+    def fallback_language(self, job: AudioJob) -> str:
+        """The language of a job with no window to listen to (all silence): asked for, else English."""
+        return job.options.language or "en"
+
+    def languages(self, jobs: Sequence[AudioJob], windows: Sequence[Window], features: torch.Tensor) -> list[str]:
+        """Each job's language: asked for, the only one an English-only model knows, or detected (first window)."""
         if not self.model.is_multilingual:
             return ["en"] * len(jobs)
-        unknown = [i for i, job in enumerate(jobs) if job.options.language is None]
+        first_window: dict[int, int] = {}
+        for position, window in enumerate(windows):
+            first_window.setdefault(window.request_index, position)
+        unknown = [i for i, job in enumerate(jobs) if job.options.language is None and i in first_window]
         detected: dict[int, str] = {}
         if unknown:
-            _, probabilities = detect_language(self.model, first_features[unknown])
+            _, probabilities = detect_language(self.model, features[[first_window[i] for i in unknown]])
             detected = {i: max(p, key=p.get) for i, p in zip(unknown, probabilities, strict=True)}
-        return [job.options.language or detected[i] for i, job in enumerate(jobs)]
+        return [detected.get(i) or self.fallback_language(job) for i, job in enumerate(jobs)]
 
     @torch.inference_mode()
     def decode_with_fallback(
@@ -196,49 +223,72 @@ class Transcriber:
         return results
 
     def transcribe_batch(self, jobs: Sequence[AudioJob]) -> list[Transcript]:
-        """Transcribe every job with one encoder pass over all their windows and batched decodes."""
-        windows = [w for index, job in enumerate(jobs) for w in split_waveform(job.waveform, index)]
-        self.last_window_count = len(windows)
-        features = self.encode([jobs[w.request_index].waveform[w.start : w.end] for w in windows])
-        first_window: dict[int, int] = {}
-        for position, window in enumerate(windows):
-            first_window.setdefault(window.request_index, position)
-        languages = self.languages(jobs, features[[first_window[i] for i in range(len(jobs))]])
+        """Transcribe every job: one encoder pass over all their windows, batched decodes, then rounds of follow-ups.
 
-        # windows of requests whose decoding options agree share one batched decode
+        A window whose decode stops early (transcribe() would seek back, app/worker/seek.py) keeps its whole
+        segments and yields a follow-up window for the rest of its audio; all follow-ups of a round are
+        encoded and decoded together, like the first windows.
+        """
+        windows = [w for index, job in enumerate(jobs) for w in split_waveform(job.waveform, index)]
+        languages: list[str] | None = None
+        segments: list[list[Segment]] = [[] for _ in jobs]
+        last_speech = [0.0] * len(jobs)
+        self.last_window_count = 0
+        for round_number in range(1 + MAX_FOLLOW_UP_ROUNDS):
+            if not windows:
+                break
+            last_round = round_number == MAX_FOLLOW_UP_ROUNDS
+            features = self.encode([w.audio(jobs[w.request_index].waveform) for w in windows])
+            self.last_window_count += len(windows)
+            if languages is None:
+                languages = self.languages(jobs, windows, features)
+            follow_ups = []
+            for (language, task, prompt, temperatures), positions in self.decoding_groups(jobs, languages, windows):
+                tokenizer = self.tokenizer(task, language)
+                decoding = self.decoding_options(task, language, prompt)
+                results = self.decode_with_fallback(features[positions], decoding, temperatures)
+                for position, result in zip(positions, results, strict=True):
+                    if is_silence(result):
+                        continue
+                    window = windows[position]
+                    index = window.request_index
+                    back = None if last_round else seek_back(result.tokens, tokenizer.timestamp_begin)
+                    follow_up = rest_of_window(window, back)
+                    if follow_up is not None:
+                        result = replace(result, tokens=result.tokens[: back.keep])
+                        follow_ups.append(follow_up)
+                    found = window_segments(result, window, tokenizer)
+                    if jobs[index].options.word_timestamps:
+                        found, last_speech[index] = add_words(
+                            self.model, tokenizer, window, features[position], found, last_speech[index]
+                        )
+                    segments[index].extend(found)
+            windows = follow_ups
+
+        transcripts = []
+        for index, job in enumerate(jobs):
+            duration = round(len(job.waveform) / SAMPLE_RATE, 3)
+            job_segments = in_order(segments[index], duration)
+            transcripts.append(
+                Transcript(
+                    text="".join(s.text for s in job_segments).strip(),
+                    language=languages[index] if languages else self.fallback_language(job),
+                    duration=duration,
+                    segments=job_segments,
+                )
+            )
+        return transcripts
+
+    def decoding_groups(
+        self, jobs: Sequence[AudioJob], languages: list[str], windows: Sequence[Window]
+    ) -> list[tuple[tuple, list[int]]]:
+        """Positions of windows whose requests' decoding options agree: each group is one batched decode."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for position, window in enumerate(windows):
             options = jobs[window.request_index].options
             key = (languages[window.request_index], options.task, options.prompt, options.temperatures)
             groups[key].append(position)
-
-        segments: list[list[Segment]] = [[] for _ in jobs]
-        last_speech = [0.0] * len(jobs)
-        for (language, task, prompt, temperatures), positions in groups.items():
-            tokenizer = self.tokenizer(task, language)
-            decoding = self.decoding_options(task, language, prompt)
-            results = self.decode_with_fallback(features[positions], decoding, temperatures)
-            for position, result in zip(positions, results, strict=True):
-                if is_silence(result):
-                    continue
-                window = windows[position]
-                index = window.request_index
-                found = window_segments(result, window, tokenizer)
-                if jobs[index].options.word_timestamps:
-                    found, last_speech[index] = add_words(
-                        self.model, tokenizer, window, features[position], found, last_speech[index]
-                    )
-                segments[index].extend(found)
-
-        return [
-            Transcript(
-                text="".join(s.text for s in job_segments).strip(),
-                language=language,
-                duration=round(len(job.waveform) / SAMPLE_RATE, 3),
-                segments=job_segments,
-            )
-            for job, language, job_segments in zip(jobs, languages, segments, strict=True)
-        ]
+        return list(groups.items())
 
     def detect_languages(self, waveforms: Sequence[np.ndarray]) -> list[LanguageGuess]:
         """The language of each waveform's first 30 s, from one batched encoder pass."""
