@@ -7,6 +7,7 @@ encoder lets it align against the features computed once for the batch.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import torch
 from whisper.audio import HOP_LENGTH
@@ -14,7 +15,7 @@ from whisper.model import Whisper
 from whisper.timing import add_word_timestamps
 from whisper.tokenizer import Tokenizer
 
-from app.worker.segments import Segment, Word
+from app.contract import Segment, Word
 from app.worker.windows import Window
 
 
@@ -51,7 +52,7 @@ def add_words(
     """
     if not segments:
         return segments, last_speech
-    records = [
+    records: list[dict[str, Any]] = [
         {
             "seek": 0,
             "start": window.window_seconds(s.start),

@@ -1,7 +1,7 @@
 """Batched transcription of waveforms: windows, log-mel, one encoder pass, batched decoding, stitching.
 
 Usable without HTTP: `Transcriber(model).transcribe_batch(jobs)` is what the server, tests and
-benchmarks all drive.
+benchmarks all drive. Its parts (the decoder, the window splitter) are given to it, not patched in.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -19,21 +19,30 @@ from whisper.decoding import DecodingOptions, DecodingResult, detect_language
 from whisper.model import Whisper
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
-from app.errors import ItemError, Reason
+from app.contract import (
+    TEMPERATURES,
+    ItemError,
+    LanguageDetection,
+    LanguageGuess,
+    Outcome,
+    PassStatistics,
+    Reason,
+    Segment,
+    Transcript,
+    TranscriptionOptions,
+)
 from app.worker import cuda_decoding, precision, synthetic
 from app.worker.alignment import add_words
 from app.worker.seek import SeekBack, seek_back
-from app.worker.segments import TIME_PRECISION, Segment, Transcript, in_order, window_segments
+from app.worker.segments import TIME_PRECISION, in_order, window_segments
 from app.worker.windows import Window, split_waveform
 
 log = logging.getLogger(__name__)
 
-# openai-whisper transcribe()'s defaults, so a window falls back exactly when transcribe() would
-TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# openai-whisper transcribe()'s thresholds, so a window falls back exactly when transcribe() would
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOGPROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
-TASKS = ("transcribe", "translate")
 # languages listed by POST /detect-language
 LANGUAGE_CANDIDATES = 5
 # rounds of follow-up windows after the first decode; transcribe() has no limit, but a model that stops
@@ -42,40 +51,10 @@ MAX_FOLLOW_UP_ROUNDS = 8
 # a rest of a window shorter than this is not decoded again: too short to hold a word, and whisper
 # tends to invent one ("you") in near-empty windows
 MIN_FOLLOW_UP_SECONDS = 0.5
-
-
-@dataclass(frozen=True)
-class TranscriptionOptions:
-    """What one request asks of the model; requests with equal decoding options share one decode."""
-
-    # ISO code such as "en"; None detects it from the first 30 s
-    language: str | None = None
-    # "transcribe" keeps the spoken language, "translate" produces English
-    task: str = "transcribe"
-    # text that conditions every window of the request (names, spelling, style)
-    prompt: str | None = None
-    # None or 0: greedy with transcribe()'s fallback ladder; above 0: sample at exactly that temperature
-    temperature: float | None = None
-    # time each word by cross-attention alignment (one extra decoder pass per window)
-    word_timestamps: bool = False
-
-    @property
-    def temperatures(self) -> tuple[float, ...]:
-        return (self.temperature,) if self.temperature else TEMPERATURES
-
-
-@dataclass(frozen=True)
-class LanguageDetection:
-    """A request for the spoken language of the first 30 s, answered from the batch's encoder pass."""
-
-
-@dataclass(frozen=True)
-class LanguageGuess:
-    """The most likely language and the top candidates, as (code, probability) pairs."""
-
-    language: str
-    probability: float
-    candidates: tuple[tuple[str, float], ...]
+# a follow-up starts this much before the timestamp it seeks back to: transcribe() conditions the next
+# window on the text before it, which a batched decode cannot, and without that context the model's
+# timestamp often falls just after a word's onset and the word ("He might...") is lost
+FOLLOW_UP_LEAD_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -83,7 +62,43 @@ class AudioJob:
     """One request's waveform (16 kHz mono float32) and its options."""
 
     waveform: np.ndarray
-    options: TranscriptionOptions | LanguageDetection = TranscriptionOptions()
+    options: TranscriptionOptions | LanguageDetection = field(default_factory=TranscriptionOptions)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """One pass's outcomes, in the order of its jobs, and what the pass did."""
+
+    outcomes: list[Outcome]
+    statistics: PassStatistics
+
+
+# cuts every job's waveform into windows of at most 30 s (a job's position goes into its windows' request_index)
+WindowSplitter = Callable[[Sequence[AudioJob]], list[Window]]
+
+
+def fixed_windows(jobs: Sequence[AudioJob]) -> list[Window]:
+    """Consecutive windows of at most 30 s over each whole waveform, cut at quiet points."""
+    return [window for index, job in enumerate(jobs) for window in split_waveform(job.waveform, index)]
+
+
+def rest_of_window(window: Window, back: SeekBack | None) -> Window | None:
+    """The follow-up window transcribe() would decode after seeking back, or None when the window is done.
+
+    A seek that does not move forward, or leaves too little audio, ends the window (no endless loop).
+    """
+    if back is None:
+        return None
+    heard = round((back.resume_at * TIME_PRECISION - FOLLOW_UP_LEAD_SECONDS) * SAMPLE_RATE)
+    if heard <= 0 or window.length - heard < MIN_FOLLOW_UP_SECONDS * SAMPLE_RATE:
+        return None
+    return window.after(heard)
+
+
+def transcription_options(job: AudioJob) -> TranscriptionOptions:
+    if not isinstance(job.options, TranscriptionOptions):
+        raise TypeError(f"a transcription pass got {type(job.options).__name__}")
+    return job.options
 
 
 def log_mel_batch(windows: Sequence[np.ndarray], n_mels: int, device: torch.device) -> torch.Tensor:
@@ -118,19 +133,6 @@ def is_silence(result: DecodingResult) -> bool:
     return result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob <= LOGPROB_THRESHOLD
 
 
-def rest_of_window(window: Window, back: SeekBack | None) -> Window | None:
-    """The follow-up window transcribe() would decode after seeking back, or None when the window is done.
-
-    A seek that does not move forward, or leaves too little audio, ends the window (no endless loop).
-    """
-    if back is None:
-        return None
-    heard = round(back.resume_at * TIME_PRECISION * SAMPLE_RATE)
-    if heard <= 0 or window.length - heard < MIN_FOLLOW_UP_SECONDS * SAMPLE_RATE:
-        return None
-    return window.after(heard)
-
-
 class Transcriber:
     """Batched Whisper inference over many requests' waveforms at once.
 
@@ -140,18 +142,28 @@ class Transcriber:
     'Hello world.'
     """
 
-    def __init__(self, model: Whisper, max_windows_per_pass: int = 64, gpu_share: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: Whisper,
+        max_windows_per_pass: int = 64,
+        gpu_share: float = 1.0,
+        *,
+        decoder: cuda_decoding.BatchDecoder | None = None,
+        splitter: WindowSplitter = fixed_windows,
+        cast_weights: bool = True,
+    ) -> None:
+        """`decoder` defaults to the device's best (graphed on CUDA, sized to `gpu_share` of its memory);
+        `cast_weights=False` keeps fp32 weights on CUDA, as whisper.decode's per-call casts expect."""
         self.model = model
         self.device = model.device
         self.fp16 = self.device.type == "cuda"
-        if self.fp16:
+        if self.fp16 and cast_weights:
             precision.cast_to_fp16(model)
-        # gpu_share: the part of the GPU's memory this engine may size its buffers to
-        self.decode = cuda_decoding.batch_decoder(model, max_windows_per_pass, gpu_share)
+        self.decode = decoder or cuda_decoding.batch_decoder(model, max_windows_per_pass, gpu_share)
+        self.split = splitter
         # on the GPU the decoder's buffers are sized to free memory: no pass may outgrow them
         self.max_windows_per_pass = self.decode.capacity
         self.decoding_overrides = synthetic.decoding_overrides(model)
-        self.last_window_count = 0
         # requests without a prompt all share one decoding plan (the language is not part of it)
         started = time.monotonic()
         graphs = self.decode.prepare(self.decoding_options("transcribe", "en", prompt=None))
@@ -186,23 +198,24 @@ class Transcriber:
             passes.append(self.model.encoder(mel))
         return torch.cat(passes)
 
-    def fallback_language(self, job: AudioJob) -> str:
-        """The language of a job with no window to listen to (all silence): asked for, else English."""
-        return job.options.language or "en"
+    def languages(
+        self, asked: Sequence[TranscriptionOptions], windows: Sequence[Window], features: torch.Tensor
+    ) -> list[str]:
+        """Each job's language: asked for, the only one an English-only model knows, or detected (first window).
 
-    def languages(self, jobs: Sequence[AudioJob], windows: Sequence[Window], features: torch.Tensor) -> list[str]:
-        """Each job's language: asked for, the only one an English-only model knows, or detected (first window)."""
+        A job without any window (VAD heard no speech) keeps the language it asked for, else English.
+        """
         if not self.model.is_multilingual:
-            return ["en"] * len(jobs)
+            return ["en"] * len(asked)
         first_window: dict[int, int] = {}
         for position, window in enumerate(windows):
             first_window.setdefault(window.request_index, position)
-        unknown = [i for i, job in enumerate(jobs) if job.options.language is None and i in first_window]
+        unknown = [i for i, options in enumerate(asked) if options.language is None and i in first_window]
         detected: dict[int, str] = {}
         if unknown:
             _, probabilities = detect_language(self.model, features[[first_window[i] for i in unknown]])
             detected = {i: max(p, key=p.get) for i, p in zip(unknown, probabilities, strict=True)}
-        return [detected.get(i) or self.fallback_language(job) for i, job in enumerate(jobs)]
+        return [options.language or detected.get(i, "en") for i, options in enumerate(asked)]
 
     @torch.inference_mode()
     def decode_with_fallback(
@@ -223,27 +236,32 @@ class Transcriber:
         return results
 
     def transcribe_batch(self, jobs: Sequence[AudioJob]) -> list[Transcript]:
-        """Transcribe every job: one encoder pass over all their windows, batched decodes, then rounds of follow-ups.
+        """Transcribe every job with one encoder pass over all their windows and batched decodes."""
+        return self._transcribe(jobs)[0]
 
-        A window whose decode stops early (transcribe() would seek back, app/worker/seek.py) keeps its whole
-        segments and yields a follow-up window for the rest of its audio; all follow-ups of a round are
-        encoded and decoded together, like the first windows.
+    def _transcribe(self, jobs: Sequence[AudioJob]) -> tuple[list[Transcript], int]:
+        """The transcripts of `jobs`, and how many windows they took (follow-ups included).
+
+        One encoder pass over all first windows and batched decodes; then rounds: a window whose decode
+        stopped early (transcribe() would seek back, app/worker/seek.py) keeps its whole segments and
+        yields a follow-up window for the rest of its audio, and each round's follow-ups of every job
+        are encoded and decoded together, like the first windows.
         """
-        windows = [w for index, job in enumerate(jobs) for w in split_waveform(job.waveform, index)]
+        asked = [transcription_options(job) for job in jobs]
+        windows = self.split(jobs)
         languages: list[str] | None = None
         segments: list[list[Segment]] = [[] for _ in jobs]
         last_speech = [0.0] * len(jobs)
-        self.last_window_count = 0
+        window_count = 0
         for round_number in range(1 + MAX_FOLLOW_UP_ROUNDS):
             if not windows:
                 break
-            last_round = round_number == MAX_FOLLOW_UP_ROUNDS
             features = self.encode([w.audio(jobs[w.request_index].waveform) for w in windows])
-            self.last_window_count += len(windows)
+            window_count += len(windows)
             if languages is None:
-                languages = self.languages(jobs, windows, features)
+                languages = self.languages(asked, windows, features)
             follow_ups = []
-            for (language, task, prompt, temperatures), positions in self.decoding_groups(jobs, languages, windows):
+            for (language, task, prompt, temperatures), positions in self.decoding_groups(asked, languages, windows):
                 tokenizer = self.tokenizer(task, language)
                 decoding = self.decoding_options(task, language, prompt)
                 results = self.decode_with_fallback(features[positions], decoding, temperatures)
@@ -252,13 +270,13 @@ class Transcriber:
                         continue
                     window = windows[position]
                     index = window.request_index
-                    back = None if last_round else seek_back(result.tokens, tokenizer.timestamp_begin)
-                    follow_up = rest_of_window(window, back)
-                    if follow_up is not None:
+                    back = seek_back(result.tokens, tokenizer.timestamp_begin)
+                    follow_up = rest_of_window(window, back) if round_number < MAX_FOLLOW_UP_ROUNDS else None
+                    if follow_up is not None and back is not None:
                         result = replace(result, tokens=result.tokens[: back.keep])
                         follow_ups.append(follow_up)
                     found = window_segments(result, window, tokenizer)
-                    if jobs[index].options.word_timestamps:
+                    if asked[index].word_timestamps:
                         found, last_speech[index] = add_words(
                             self.model, tokenizer, window, features[position], found, last_speech[index]
                         )
@@ -272,20 +290,20 @@ class Transcriber:
             transcripts.append(
                 Transcript(
                     text="".join(s.text for s in job_segments).strip(),
-                    language=languages[index] if languages else self.fallback_language(job),
+                    language=languages[index] if languages else asked[index].language or "en",
                     duration=duration,
                     segments=job_segments,
                 )
             )
-        return transcripts
+        return transcripts, window_count
 
     def decoding_groups(
-        self, jobs: Sequence[AudioJob], languages: list[str], windows: Sequence[Window]
-    ) -> list[tuple[tuple, list[int]]]:
+        self, asked: Sequence[TranscriptionOptions], languages: Sequence[str], windows: Sequence[Window]
+    ) -> list[tuple[tuple[str, str, str | None, tuple[float, ...]], list[int]]]:
         """Positions of windows whose requests' decoding options agree: each group is one batched decode."""
-        groups: dict[tuple, list[int]] = defaultdict(list)
+        groups: dict[tuple[str, str, str | None, tuple[float, ...]], list[int]] = defaultdict(list)
         for position, window in enumerate(windows):
-            options = jobs[window.request_index].options
+            options = asked[window.request_index]
             key = (languages[window.request_index], options.task, options.prompt, options.temperatures)
             groups[key].append(position)
         return list(groups.items())
@@ -303,37 +321,41 @@ class Transcriber:
             guesses.append(LanguageGuess(ranked[0][0], ranked[0][1], tuple(ranked)))
         return guesses
 
-    def run_batch(self, jobs: Sequence[AudioJob]) -> list[Transcript | LanguageGuess]:
+    def run_batch(self, jobs: Sequence[AudioJob]) -> PassResult:
         """Answer a mixed batch: transcriptions and language detections, each kind in one pass."""
-        results: list[Transcript | LanguageGuess | None] = [None] * len(jobs)
+        outcomes: list[Outcome | None] = [None] * len(jobs)
         transcribe = [i for i, job in enumerate(jobs) if isinstance(job.options, TranscriptionOptions)]
         detect = [i for i, job in enumerate(jobs) if isinstance(job.options, LanguageDetection)]
+        windows = 0
         if transcribe:
-            for i, transcript in zip(transcribe, self.transcribe_batch([jobs[i] for i in transcribe]), strict=True):
-                results[i] = transcript
+            transcripts, windows = self._transcribe([jobs[i] for i in transcribe])
+            for i, transcript in zip(transcribe, transcripts, strict=True):
+                outcomes[i] = transcript
         if detect:
             for i, guess in zip(detect, self.detect_languages([jobs[i].waveform for i in detect]), strict=True):
-                results[i] = guess
-        return results
+                outcomes[i] = guess
+        audio_seconds = sum(len(job.waveform) for job in jobs) / SAMPLE_RATE
+        return PassResult(
+            [outcome for outcome in outcomes if outcome is not None],
+            PassStatistics(windows + len(detect), audio_seconds),
+        )
 
-    def run_isolated(self, jobs: Sequence[AudioJob]) -> list[Transcript | LanguageGuess | ItemError]:
+    def run_isolated(self, jobs: Sequence[AudioJob]) -> PassResult:
         """Like run_batch, but a failure costs only the job that causes it.
 
         A failed batch is halved and retried, so a job that breaks the model (or a batch too large
-        for the GPU's memory) ends with its own error while its neighbours still succeed.
+        for the GPU's memory) ends with its own error while its neighbours still succeed. The
+        statistics count the work of the halves that succeeded.
         """
         try:
-            return list(self.run_batch(jobs))
+            return self.run_batch(jobs)
         except Exception as error:
             if len(jobs) == 1:
                 log.exception("inference failed for one request")
-                return [
-                    ItemError(
-                        Reason.INFERENCE_FAILED,
-                        f"inference failed: {type(error).__name__}",
-                    )
-                ]
+                failure = ItemError(Reason.INFERENCE_FAILED, f"inference failed: {type(error).__name__}")
+                return PassResult([failure], PassStatistics())
             if isinstance(error, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             middle = len(jobs) // 2
-            return self.run_isolated(jobs[:middle]) + self.run_isolated(jobs[middle:])
+            first, second = self.run_isolated(jobs[:middle]), self.run_isolated(jobs[middle:])
+            return PassResult(first.outcomes + second.outcomes, first.statistics + second.statistics)

@@ -9,36 +9,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import litserve as ls
 import torch
-from whisper.audio import SAMPLE_RATE
 
 from app import metrics
 from app.config import Settings
-from app.errors import ItemError, Reason
-from app.web.audio import load_waveform
-from app.web.request_log import Reported, WorkerTiming
-from app.worker.engine import AudioJob, LanguageDetection, LanguageGuess, Transcriber, TranscriptionOptions
-from app.worker.loading import default_model_spec, load_model
-from app.worker.segments import Transcript
+from app.contract import ItemError, PassStatistics, QueuedJob, Reason, Reported, WorkerTiming, read_waveform
+from app.worker.engine import AudioJob, Transcriber
+from app.worker.loading import load_model
 
 log = logging.getLogger(__name__)
-
-
-# what the worker hands back for one request
-Outcome = Transcript | LanguageGuess | ItemError
-
-
-@dataclass(frozen=True)
-class QueuedRequest:
-    """What the HTTP process puts on the worker queue: a path on the tmpfs, never the bytes."""
-
-    waveform_path: str
-    work: TranscriptionOptions | LanguageDetection
-    submitted_at: float  # time.monotonic(), which is system-wide on Linux
 
 
 def resolve_device(setting: str) -> str:
@@ -51,31 +33,32 @@ def resolve_device(setting: str) -> str:
 class WhisperLitAPI(ls.LitAPI):
     """Batched Whisper transcription behind LitServe.
 
-    >>> server = ls.LitServer(WhisperLitAPI(settings, max_batch_size=16, spec=TranscriptionRoutes(settings, admission)))
+    >>> server = ls.LitServer(WhisperLitAPI(settings, "tiny.en", max_batch_size=16, spec=routes))
     """
 
-    def __init__(self, settings: Settings, **litapi_options: object) -> None:
+    def __init__(self, settings: Settings, model_spec: str, **litapi_options: object) -> None:
         super().__init__(**litapi_options)
         self.settings = settings
+        self.model_spec = model_spec
 
     def setup(self, device: str) -> None:
         if device.startswith("cuda"):
             # LitServe leaves every worker's current device at cuda:0: without this, a worker on
             # cuda:1 would also hold a CUDA context (and allocator caches) on the first GPU
             torch.cuda.set_device(device)
-        spec = self.settings.model or default_model_spec(torch.cuda.is_available())
-        model = load_model(spec, device, self.settings.model_cache_dir, self.settings.synthetic_tokens)
+        settings = self.settings
+        model = load_model(self.model_spec, device, settings.model_cache_dir, settings.synthetic_tokens)
         # LitServe numbers its workers; with several per device the label tells them apart
         self.worker_label = f"{device}/{os.environ.get('LITSERVE_WORKER_ID', '0')}"
         # workers on one GPU start together and each would see the whole card free
-        gpu_share = 1.0 / self.settings.workers_per_device
-        self.transcriber = Transcriber(model, self.settings.max_windows_per_pass, gpu_share)
-        log.info("model %s ready on %s", spec, device)
+        gpu_share = 1.0 / settings.workers_per_device
+        self.transcriber = Transcriber(model, settings.max_windows_per_pass, gpu_share)
+        log.info("model %s ready on %s", self.model_spec, device)
 
-    def decode_request(self, request: QueuedRequest) -> AudioJob | ItemError:
+    def decode_request(self, request: QueuedJob) -> AudioJob | ItemError:
         metrics.QUEUE_WAIT.labels(self.worker_label).observe(time.monotonic() - request.submitted_at)
         try:
-            return AudioJob(load_waveform(Path(request.waveform_path)), request.work)
+            return AudioJob(read_waveform(Path(request.waveform_path)), request.work)
         except OSError as error:
             return ItemError(
                 Reason.INFERENCE_FAILED,
@@ -91,23 +74,24 @@ class WhisperLitAPI(ls.LitAPI):
             return self.predict([items])[0]
         jobs = [item for item in items if isinstance(item, AudioJob)]
         if not jobs:
-            return items
+            return items  # type: ignore[return-value]
         started = time.monotonic()
-        results = iter(self.transcriber.run_isolated(jobs))
-        label = self.worker_label
+        result = self.transcriber.run_isolated(jobs)
         timing = WorkerTiming(started, time.monotonic() - started, len(jobs))
-        metrics.INFERENCE_SECONDS.labels(label).observe(timing.inference_seconds)
-        metrics.BATCH_SIZE.labels(label).observe(len(jobs))
-        metrics.BATCH_WINDOWS.labels(label).observe(self.transcriber.last_window_count)
-        metrics.AUDIO_SECONDS.labels(label).inc(sum(len(job.waveform) for job in jobs) / SAMPLE_RATE)
-        self.record_gpu_memory()
-        return [Reported(next(results), timing) if isinstance(item, AudioJob) else item for item in items]
+        self.record(timing, result.statistics)
+        outcomes = iter(result.outcomes)
+        return [Reported(next(outcomes), timing) if isinstance(item, AudioJob) else item for item in items]
 
-    def record_gpu_memory(self) -> None:
+    def record(self, timing: WorkerTiming, statistics: PassStatistics) -> None:
+        label = self.worker_label
+        metrics.INFERENCE_SECONDS.labels(label).observe(timing.inference_seconds)
+        metrics.BATCH_SIZE.labels(label).observe(timing.batch_size)
+        metrics.BATCH_WINDOWS.labels(label).observe(statistics.windows)
+        metrics.AUDIO_SECONDS.labels(label).inc(statistics.audio_seconds)
         if self.transcriber.device.type == "cuda":
             device = self.transcriber.device
-            metrics.GPU_MEMORY.labels(self.worker_label, "allocated").set(torch.cuda.memory_allocated(device))
-            metrics.GPU_MEMORY.labels(self.worker_label, "reserved").set(torch.cuda.memory_reserved(device))
+            metrics.GPU_MEMORY.labels(label, "allocated").set(torch.cuda.memory_allocated(device))
+            metrics.GPU_MEMORY.labels(label, "reserved").set(torch.cuda.memory_reserved(device))
 
     def unbatch(self, results: list[Reported | ItemError]) -> list[Reported | ItemError]:
         return results

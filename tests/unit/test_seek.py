@@ -6,7 +6,7 @@ import pytest
 from whisper.audio import SAMPLE_RATE
 from whisper.tokenizer import get_tokenizer
 
-from app.worker.engine import rest_of_window
+from app.worker.engine import FOLLOW_UP_LEAD_SECONDS, rest_of_window
 from app.worker.seek import SeekBack, seek_back
 from app.worker.segments import window_segments
 from app.worker.windows import Window
@@ -52,15 +52,20 @@ def test_an_unfinished_last_segment_is_dropped_and_decoded_again_from_its_start(
 def test_the_follow_up_window_keeps_file_times() -> None:
     window = Window(2, start=60 * SAMPLE_RATE, end=88 * SAMPLE_RATE)
     follow_up = rest_of_window(window, SeekBack(keep=5, resume_at=886))
-    assert follow_up == Window(2, start=round(77.72 * SAMPLE_RATE), end=88 * SAMPLE_RATE)
+    # it starts a little before the timestamp (FOLLOW_UP_LEAD_SECONDS), where the word may begin
+    assert follow_up == Window(2, start=round((77.72 - FOLLOW_UP_LEAD_SECONDS) * SAMPLE_RATE), end=88 * SAMPLE_RATE)
     # its own tokens start at 0 again; segments land where the audio is in the file
     [segment] = window_segments(result([at(0), *MORE, at(3)]), follow_up, TOKENIZER)
-    assert (segment.start, segment.end) == (77.72, 80.72)
+    assert (segment.start, segment.end) == (77.52, 80.52)
 
 
 @pytest.mark.parametrize(
     ("resume_at", "why"),
-    [(0, "no progress: decoding again from the same place would loop"), (1390, "0.2 s left: nothing to hear")],
+    [
+        (0, "no progress: decoding again from the same place would loop"),
+        (5, "0.1 s: less than the lead"),
+        (1400, "under 0.5 s left"),
+    ],
 )
 def test_no_follow_up_without_progress_or_audio(resume_at: int, why: str) -> None:
     window = Window(0, start=0, end=28 * SAMPLE_RATE)
@@ -77,7 +82,7 @@ def test_a_timestamp_past_the_windows_audio_ends_it() -> None:
 def test_follow_ups_of_joined_speech_spans_continue_in_the_right_span() -> None:
     # VAD windows join speech spans; 12 s into the window's audio is 2 s into the second span
     window = Window(0, 0, 70 * SAMPLE_RATE, spans=((0, 10 * SAMPLE_RATE), (50 * SAMPLE_RATE, 70 * SAMPLE_RATE)))
-    follow_up = rest_of_window(window, SeekBack(keep=3, resume_at=600))
+    follow_up = rest_of_window(window, SeekBack(keep=3, resume_at=610))
     assert follow_up == Window(0, 52 * SAMPLE_RATE, 70 * SAMPLE_RATE)
     segments = window_segments(result([at(9), *HELLO, at(11), at(11), *WORLD, at(12)]), window, TOKENIZER)
     assert [(s.start, s.end) for s in segments] == [(9.0, 51.0), (51.0, 52.0)]
