@@ -170,7 +170,13 @@ def measure(args: argparse.Namespace, service: ServiceProcess | None, url: str) 
     ours, ours_total = score(clips, service_transcripts(url, clips))
     service_seconds = time.monotonic() - started
     started = time.monotonic()
-    theirs, theirs_total = score(clips, reference_transcripts(folder, clips, cache))
+    if args.reference_from:
+        # transcribe() on the same weights and audio gives the same text: reuse an earlier run's
+        earlier = json.loads(args.reference_from.read_text())["clips"]
+        texts = {clip.name: earlier[clip.name]["transcribe"]["text"] for clip in clips}
+    else:
+        texts = reference_transcripts(folder, clips, cache)
+    theirs, theirs_total = score(clips, texts)
     reference_seconds = time.monotonic() - started
     print(table(clips, ours, theirs))
     overall = f"{100 * ours_total.wer:7.2f}% {100 * theirs_total.wer:11.2f}%"
@@ -213,6 +219,7 @@ def main() -> None:
     parser.add_argument("--clips", help="comma-separated clip names (default: all)")
     parser.add_argument("--vad-windows", action="store_true", help="also measure VAD on a half-silent file")
     parser.add_argument("--output", type=Path, help="results json (default: benchmarks/results/accuracy-MODEL.json)")
+    parser.add_argument("--reference-from", type=Path, help="reuse transcribe()'s texts from an earlier results json")
     parser.add_argument("--label", default="", help="a note stored with the results (what was measured)")
     args = parser.parse_args()
     output = args.output or RESULTS_DIR / f"accuracy-{args.model}.json"
