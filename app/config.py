@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=1, le=100_000)
     # seconds SIGTERM waits for requests in flight before answering the rest with 503 and exiting
     shutdown_grace: float = Field(60.0, ge=0.0)
+    # voice activity detection (Silero) before windowing: silence yields no text and costs no window;
+    # a request turns it off with vad=false (OpenAI's routes: chunking_strategy)
+    vad: bool = True
 
     @model_validator(mode="after")
     def _batch_timeout_below_request_timeout(self) -> Settings:

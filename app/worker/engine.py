@@ -151,6 +151,7 @@ class Transcriber:
         decoder: cuda_decoding.BatchDecoder | None = None,
         splitter: WindowSplitter = fixed_windows,
         cast_weights: bool = True,
+        model_name: str = "the loaded model",
     ) -> None:
         """`decoder` defaults to the device's best (graphed on CUDA, sized to `gpu_share` of its memory);
         `cast_weights=False` keeps fp32 weights on CUDA, as whisper.decode's per-call casts expect."""
@@ -161,6 +162,8 @@ class Transcriber:
             precision.cast_to_fp16(model)
         self.decode = decoder or cuda_decoding.batch_decoder(model, max_windows_per_pass, gpu_share)
         self.split = splitter
+        # named in refusals (an English-only model asked for another language)
+        self.model_name = model_name
         # on the GPU the decoder's buffers are sized to free memory: no pass may outgrow them
         self.max_windows_per_pass = self.decode.capacity
         self.decoding_overrides = synthetic.decoding_overrides(model)
@@ -321,10 +324,30 @@ class Transcriber:
             guesses.append(LanguageGuess(ranked[0][0], ranked[0][1], tuple(ranked)))
         return guesses
 
+    def refusal(self, options: TranscriptionOptions) -> ItemError | None:
+        """What an English-only model cannot do (hear another language, translate), refused instead of guessed."""
+        if self.model.is_multilingual:
+            return None
+        if options.task == "translate":
+            message = f"model {self.model_name} is English-only: it cannot translate; serve a multilingual model"
+            return ItemError(Reason.BAD_OPTION, message, "model")
+        if options.language not in (None, "en"):
+            message = (
+                f"model {self.model_name} is English-only: language {options.language!r} is not supported; "
+                "send language=en or none"
+            )
+            return ItemError(Reason.BAD_OPTION, message, "language")
+        return None
+
     def run_batch(self, jobs: Sequence[AudioJob]) -> PassResult:
         """Answer a mixed batch: transcriptions and language detections, each kind in one pass."""
         outcomes: list[Outcome | None] = [None] * len(jobs)
-        transcribe = [i for i, job in enumerate(jobs) if isinstance(job.options, TranscriptionOptions)]
+        for i, job in enumerate(jobs):
+            if isinstance(job.options, TranscriptionOptions):
+                outcomes[i] = self.refusal(job.options)
+        transcribe = [
+            i for i, job in enumerate(jobs) if isinstance(job.options, TranscriptionOptions) and outcomes[i] is None
+        ]
         detect = [i for i, job in enumerate(jobs) if isinstance(job.options, LanguageDetection)]
         windows = 0
         if transcribe:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,9 @@ from torch import Tensor, nn
 from torch.nn import functional
 from whisper.audio import N_SAMPLES, SAMPLE_RATE
 
-from app.worker.windows import Window
+from app.contract import TranscriptionOptions, VadParameters
+from app.worker.engine import AudioJob
+from app.worker.windows import Window, split_waveform
 
 # Silero's 16 kHz network hears 512 new samples per step, with the 64 before them as context
 CHUNK_SAMPLES = 512
@@ -26,20 +27,6 @@ CONTEXT_SAMPLES = 64
 # audio before it, so its recurrent state is settled where its own probabilities begin
 ROW_CHUNKS = 1024
 WARM_UP_CHUNKS = 64
-
-
-@dataclass(frozen=True)
-class VadParameters:
-    """How speech is told from silence; the names follow Silero's get_speech_timestamps."""
-
-    # probability above which a chunk is speech (OpenAI's server_vad `threshold`)
-    threshold: float = 0.5
-    # silence shorter than this does not end speech (OpenAI's `silence_duration_ms`)
-    min_silence_ms: int = 1000
-    # audio kept before and after each stretch of speech (OpenAI's `prefix_padding_ms`)
-    speech_pad_ms: int = 400
-    # shorter bursts (clicks, coughs) are not speech
-    min_speech_ms: int = 250
 
 
 def silero_weights() -> dict[str, Tensor]:
@@ -180,3 +167,35 @@ def pack_spans(spans: Sequence[tuple[int, int]], request_index: int) -> list[Win
 
 def joined_window(spans: list[tuple[int, int]], request_index: int) -> Window:
     return Window(request_index, spans[0][0], spans[-1][1], tuple(spans) if len(spans) > 1 else ())
+
+
+class VadSplitter:
+    """The engine's window splitter: speech windows for requests with VAD on, plain 30 s windows for the rest.
+
+    >>> Transcriber(model, splitter=VadSplitter(model.device, enabled=True))
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", enabled: bool = True) -> None:
+        self.detector = SpeechDetector(device)
+        # the service's default (WHISPER_VAD); a request's own `vad` option overrides it
+        self.enabled = enabled
+
+    def listens(self, options: object) -> bool:
+        if not isinstance(options, TranscriptionOptions):
+            return False
+        return self.enabled if options.vad is None else options.vad
+
+    def __call__(self, jobs: Sequence[AudioJob]) -> list[Window]:
+        listening = [index for index, job in enumerate(jobs) if self.listens(job.options)]
+        heard = self.detector.probabilities([jobs[index].waveform for index in listening])
+        probabilities = dict(zip(listening, heard, strict=True))
+        windows: list[Window] = []
+        for index, job in enumerate(jobs):
+            if index not in probabilities:
+                windows += split_waveform(job.waveform, index)
+                continue
+            options = job.options
+            parameters = options.vad_parameters if isinstance(options, TranscriptionOptions) else None
+            spans = speech_spans(probabilities[index], len(job.waveform), parameters or VadParameters())
+            windows += pack_spans(spans, index)
+        return windows
