@@ -87,15 +87,18 @@ def _chunking_strategy(value: object) -> VadParameters | None:
 
     Absent means the service's default (WHISPER_VAD); either given form turns VAD on for the request.
     """
-    text = _text(value)
-    if not text:
-        return None
-    if text == "auto":
-        return VadParameters()
-    try:
-        strategy = json.loads(text)
-    except json.JSONDecodeError:
-        strategy = None
+    if isinstance(value, dict):
+        strategy: object = value
+    else:
+        text = _text(value)
+        if not text:
+            return None
+        if text == "auto":
+            return VadParameters()
+        try:
+            strategy = json.loads(text)
+        except json.JSONDecodeError:
+            strategy = None
     if not isinstance(strategy, dict) or strategy.get("type") != "server_vad":
         raise bad_option("chunking_strategy", 'chunking_strategy must be "auto" or {"type": "server_vad", ...}')
     defaults = VadParameters()
@@ -309,6 +312,16 @@ class OpenAITranslationForm(UploadForm):
     temperature: Temperature = None
     chunking_strategy: ChunkingStrategy = None
     stream: NoStreaming = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bracketed_chunking_strategy(cls, fields: Any) -> Any:
+        # OpenAI's clients send an object field as chunking_strategy[type]=server_vad, chunking_strategy[threshold]=...
+        prefix = "chunking_strategy["
+        if not isinstance(fields, dict) or not any(str(name).startswith(prefix) for name in fields):
+            return fields
+        strategy = {name[len(prefix) : -1]: value for name, value in fields.items() if name.startswith(prefix)}
+        return {**fields, "chunking_strategy": strategy}
 
     @property
     def output_format(self) -> str:

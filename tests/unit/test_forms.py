@@ -139,6 +139,13 @@ def test_openai_chunking_strategy_maps_onto_vad() -> None:
     tuned = form(OpenAITranscriptionForm, model="whisper-1", chunking_strategy=server_vad).work
     assert isinstance(tuned, TranscriptionOptions)
     assert tuned.vad and tuned.vad_parameters == VadParameters(threshold=0.6, speech_pad_ms=200, min_silence_ms=700)
+    # OpenAI's clients send the object as bracketed fields
+    bracketed = form(
+        OpenAITranscriptionForm,
+        model="whisper-1",
+        **{"chunking_strategy[type]": "server_vad", "chunking_strategy[threshold]": "0.7"},
+    ).work
+    assert isinstance(bracketed, TranscriptionOptions) and bracketed.vad_parameters == VadParameters(threshold=0.7)
     for wrong in ("manual", '{"type": "semantic_vad"}', '{"type": "server_vad", "threshold": 2}', "{"):
         assert refusal(OpenAITranscriptionForm, model="whisper-1", chunking_strategy=wrong).error.param == (
             "chunking_strategy"
