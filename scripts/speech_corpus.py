@@ -82,7 +82,11 @@ def fetch_pocketsphinx(cache: Path) -> Path:
     if not data.is_dir():
         downloads = cache / "debs"
         downloads.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["apt-get", "download", POCKETSPHINX_PACKAGE], cwd=downloads, check=True, capture_output=True)
+        download = ["apt-get", "download", POCKETSPHINX_PACKAGE]
+        if subprocess.run(download, cwd=downloads, capture_output=True).returncode != 0:
+            # a fresh machine has no package lists yet
+            subprocess.run(["apt-get", "update", "-qq"], check=True)
+            subprocess.run(download, cwd=downloads, check=True, capture_output=True)
         [deb] = downloads.glob(f"{POCKETSPHINX_PACKAGE}_*.deb")
         subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
     return data
