@@ -27,6 +27,8 @@ CONTEXT_SAMPLES = 64
 # audio before it, so its recurrent state is settled where its own probabilities begin
 ROW_CHUNKS = 1024
 WARM_UP_CHUNKS = 64
+# rows run through the network at once: a row's activations are some MB, so memory stays bounded
+ROWS_PER_PASS = 16
 
 
 def silero_weights() -> dict[str, Tensor]:
@@ -112,7 +114,13 @@ class SpeechDetector:
             # state, as Silero does at a file's start, so its own audio comes first
             piece = waveforms[index][max(start - warm, 0) : start + row][: batch.shape[1]]
             batch[position, : len(piece)] = torch.from_numpy(np.ascontiguousarray(piece))
-        speech = self.network(batch).float().cpu().numpy()
+        # rows in groups, so memory stays bounded however long the audio (3 h is 330 rows)
+        speech = np.concatenate(
+            [
+                self.network(batch[first : first + ROWS_PER_PASS]).float().cpu().numpy()
+                for first in range(0, len(batch), ROWS_PER_PASS)
+            ]
+        )
         probabilities: list[list[np.ndarray]] = [[] for _ in waveforms]
         for position, (index, start) in enumerate(places):
             skip = WARM_UP_CHUNKS if start else 0
