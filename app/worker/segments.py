@@ -77,12 +77,16 @@ def in_order(segments: list[Segment], duration: float) -> list[Segment]:
         return round(min(max(value, low), duration), 3)
 
     tidy = []
+    # words never go back in time, across segments too: a follow-up window starts a little before the
+    # timestamp it continues from (FOLLOW_UP_LEAD_SECONDS), and its first word may be timed in that overlap
+    floor = 0.0
     for segment in sorted(segments, key=lambda s: (s.start, s.end)):
         start = clamp(segment.start)
-        words, floor = [], start
+        words = []
         for word in segment.words:
             word_start = clamp(word.start, floor)
             floor = clamp(word.end, word_start)
             words.append(replace(word, start=word_start, end=floor))
-        tidy.append(replace(segment, start=start, end=clamp(segment.end, max(start, floor)), words=tuple(words)))
+        end = clamp(segment.end, max(start, words[-1].end if words else start))
+        tidy.append(replace(segment, start=start, end=end, words=tuple(words)))
     return tidy

@@ -6,9 +6,10 @@ import pytest
 from whisper.audio import SAMPLE_RATE
 from whisper.tokenizer import get_tokenizer
 
+from app.contract import Segment, Word
 from app.worker.engine import FOLLOW_UP_LEAD_SECONDS, rest_of_window
 from app.worker.seek import SeekBack, seek_back
-from app.worker.segments import window_segments
+from app.worker.segments import in_order, window_segments
 from app.worker.windows import Window
 from tests.unit.test_engine import result
 
@@ -86,3 +87,17 @@ def test_follow_ups_of_joined_speech_spans_continue_in_the_right_span() -> None:
     assert follow_up == Window(0, 52 * SAMPLE_RATE, 70 * SAMPLE_RATE)
     segments = window_segments(result([at(9), *HELLO, at(11), at(11), *WORLD, at(12)]), window, TOKENIZER)
     assert [(s.start, s.end) for s in segments] == [(9.0, 51.0), (51.0, 52.0)]
+
+
+def test_transcripts_keep_times_in_order_inside_the_audio() -> None:
+    def segment(start: float, end: float, *words: tuple[float, float]) -> Segment:
+        timed = tuple(Word("w", a, b, 1.0) for a, b in words)
+        return Segment(start, end, " w", (), 0.0, -0.1, 1.0, 0.0, words=timed)
+
+    # a follow-up's segment (27.2-29) arrives after the window's next one, and its first word overlaps
+    tidy = in_order(
+        [segment(28.0, 31.0, (28.0, 31.0)), segment(20.0, 27.5, (27.0, 27.5)), segment(27.2, 29.0, (27.25, 28.0))], 30.0
+    )
+    assert [(s.start, s.end) for s in tidy] == [(20.0, 27.5), (27.2, 29.0), (28.0, 30.0)]
+    words = [(w.start, w.end) for s in tidy for w in s.words]
+    assert words == [(27.0, 27.5), (27.5, 28.0), (28.0, 30.0)]
