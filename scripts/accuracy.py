@@ -211,6 +211,22 @@ def measure_vad_windows(service: ServiceProcess, clips: list[Clip], cache: Path)
     return outcome
 
 
+def rescore(path: Path, cache: Path) -> None:
+    """Score the texts stored in a results json again, against the corpus's current references."""
+    results = json.loads(path.read_text())
+    clips = [clip for clip in build_corpus(cache) if clip.name in results["clips"]]
+    for side in ("service", "transcribe"):
+        per_clip, total = score(clips, {clip.name: results["clips"][clip.name][side]["text"] for clip in clips})
+        for name, scored in per_clip.items():
+            results["clips"][name][side] = scored
+        results["overall"][side] = {**asdict(total), "wer": round(100 * total.wer, 2)}
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    ours = {c.name: results["clips"][c.name]["service"] for c in clips}
+    print(table(clips, ours, {c.name: results["clips"][c.name]["transcribe"] for c in clips}))
+    overall = results["overall"]
+    print(f"overall: service {overall['service']['wer']}% transcribe() {overall['transcribe']['wer']}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny.en", choices=("tiny.en", "base"))
@@ -221,7 +237,11 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="results json (default: benchmarks/results/accuracy-MODEL.json)")
     parser.add_argument("--reference-from", type=Path, help="reuse transcribe()'s texts from an earlier results json")
     parser.add_argument("--label", default="", help="a note stored with the results (what was measured)")
+    parser.add_argument("--rescore", type=Path, help="only score the texts of this results json again")
     args = parser.parse_args()
+    if args.rescore:
+        rescore(args.rescore, args.cache)
+        return
     output = args.output or RESULTS_DIR / f"accuracy-{args.model}.json"
     if args.url:
         results = measure(args, None, args.url)

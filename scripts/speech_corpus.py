@@ -10,12 +10,14 @@ import subprocess
 import sys
 import wave
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import whisper
 from whisper.audio import SAMPLE_RATE
+from whisper.normalizers import EnglishTextNormalizer
 
 POCKETSPHINX_PACKAGE = "pocketsphinx-testdata"
 POCKETSPHINX_DATA = Path("usr/share/pocketsphinx/test/data")
@@ -37,6 +39,7 @@ TWO_CITIES = (
 )
 BECKETT = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."
 GO_FORWARD = "go forward ten meters"
+normalize = EnglishTextNormalizer()
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,15 @@ def pocketsphinx_transcripts(listing: Path) -> dict[str, str]:
     return transcripts
 
 
+def utterances(texts: Iterable[str]) -> str:
+    """The reference of recordings joined into one clip: each normalised on its own, as it was said.
+
+    whisper's EnglishTextNormalizer joins spelled numbers across sentence ends: "five five. eight of
+    spades" would become "558", a number nobody said; normalised one utterance at a time it is "5 5 8".
+    """
+    return " ".join(normalize(text) for text in texts)
+
+
 def load(path: Path) -> np.ndarray:
     return whisper.load_audio(str(path))
 
@@ -140,12 +152,12 @@ def build_corpus(cache: Path) -> list[Clip]:
         (
             "sense_and_sensibility",
             joined([load(data / f"librivox/{name}.wav") for name in librivox], JOIN_GAP_SECONDS),
-            " ".join(librivox.values()),
+            utterances(librivox.values()),
         ),
         (
             "cards",
             joined([load(data / f"cards/{name}.wav") for name in cards], JOIN_GAP_SECONDS),
-            ". ".join(cards.values()),
+            utterances(cards.values()),
         ),
         ("go_forward", load_raw(data / "goforward.raw"), GO_FORWARD),
     ]
@@ -176,4 +188,4 @@ def half_silence(clips: list[Clip], destination: Path) -> Clip:
         references.append(clip.reference)
     if not destination.is_file():
         write_wav(destination, np.concatenate(pieces))
-    return Clip("half_silence", destination, " ".join(references))
+    return Clip("half_silence", destination, utterances(references))
