@@ -122,6 +122,10 @@ class Settings(BaseSettings):
             )
         return self
 
+    # voice activity detection (Silero) before windowing: silence yields no text and costs no window;
+    # a request turns it off with vad=false (OpenAI's routes: chunking_strategy)
+    vad: bool = True
+
     @model_validator(mode="after")
     def _batch_timeout_below_request_timeout(self) -> Settings:
         if self.batch_timeout >= self.request_timeout:

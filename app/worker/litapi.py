@@ -18,7 +18,8 @@ from app import metrics
 from app.config import ConfigurationError, Settings
 from app.contract import ItemError, PassStatistics, QueuedJob, Reason, Reported, WorkerTiming, read_waveform
 from app.worker.engine import AudioJob, Transcriber
-from app.worker.loading import load_model
+from app.worker.loading import load_model, model_display_name
+from app.worker.vad import VadSplitter
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,13 @@ class WhisperLitAPI(ls.LitAPI):
         self.worker_label = f"{device}/{os.environ.get('LITSERVE_WORKER_ID', '0')}"
         # workers on one GPU start together and each would see the whole card free
         gpu_share = 1.0 / settings.workers_per_device
-        self.transcriber = Transcriber(model, settings.max_windows_per_pass, gpu_share)
+        self.transcriber = Transcriber(
+            model,
+            settings.max_windows_per_pass,
+            gpu_share,
+            splitter=VadSplitter(model.device, enabled=settings.vad),
+            model_name=model_display_name(self.model_spec),
+        )
         log.info("model %s ready on %s", self.model_spec, device)
 
     def decode_request(self, request: QueuedJob) -> AudioJob | ItemError:
