@@ -15,8 +15,8 @@ from tests.service import ServiceProcess, free_port, wait_until
 
 # every container the tests start carries it, so a run cleans up what an interrupted one left
 LABEL = "whisper-image-test"
-# converting the bundled tiny.en and loading it, in a container on a busy 2-core machine
-STARTUP_SECONDS = 300.0
+# converting the bundled tiny.en and loading it, in a container on a busy 2-core machine (5 min seen at load 28)
+STARTUP_SECONDS = 900.0
 
 
 def docker(*arguments: str, timeout: float = 120, check: bool = True) -> str:
@@ -93,7 +93,11 @@ class ServiceContainer:
 
     def __enter__(self) -> ServiceContainer:
         self.start()
-        self.wait_until_serving()
+        try:
+            self.wait_until_serving()
+        except BaseException:
+            self.remove()
+            raise
         return self
 
     def __exit__(self, *_: object) -> None:
