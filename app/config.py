@@ -99,6 +99,32 @@ class Settings(BaseSettings):
     # attempts at delivering one webhook call, the first included; waits double from WHISPER_WEBHOOK_BACKOFF
     webhook_attempts: int = Field(5, ge=1, le=20)
     webhook_backoff: float = Field(1.0, gt=0.0, le=600.0)
+    # open connections per HTTP process (lowered at start-up to what the open-file limit allows); past it the
+    # oldest connection still waiting for its request headers is closed, or, if none waits, the new one
+    max_connections: int = Field(1000, ge=1, le=1_000_000)
+    # largest request line plus headers, in KB (10^3 bytes); more is refused with 431 as it arrives
+    max_header_kb: int = Field(32, ge=1, le=1024)
+    # most request headers; more are refused with 431
+    max_headers: int = Field(100, ge=1, le=10_000)
+    # seconds a connection has to send its request headers, from connecting or from the previous answer
+    header_timeout: float = Field(10.0, gt=0.0)
+    # slowest upload accepted, in KB (10^3 bytes) per second on average, once WHISPER_UPLOAD_GRACE has passed
+    min_upload_rate_kb: float = Field(16.0, ge=0.0)
+    # seconds an upload may take before its average rate is judged
+    upload_grace: float = Field(10.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _api_key_not_blank(self) -> Settings:
+        # an empty WHISPER_API_KEY= looks like a key was set, and would silently leave every route open
+        if self.api_key is not None and not self.api_key.get_secret_value().strip():
+            raise ValueError(
+                f"{ENV_PREFIX}API_KEY is set but blank: set a key, or unset the variable to serve without one"
+            )
+        return self
+
+    # voice activity detection (Silero) before windowing: silence yields no text and costs no window;
+    # a request turns it off with vad=false (OpenAI's routes: chunking_strategy)
+    vad: bool = True
 
     @model_validator(mode="after")
     def _batch_timeout_below_request_timeout(self) -> Settings:

@@ -40,6 +40,10 @@ class Reason(str, Enum):
     TIMEOUT = "timeout"
     STORAGE_FULL = "storage_full"
     INFERENCE_FAILED = "inference_failed"
+    INVALID_SAMPLES = "invalid_samples"
+    UPLOAD_TOO_SLOW = "upload_too_slow"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    BAD_REQUEST = "bad_request"
     # the jobs API's own answers (never from a worker): no such job for this key, no result yet
     JOB_NOT_FOUND = "job_not_found"
     JOB_NOT_DONE = "job_not_done"
@@ -56,6 +60,20 @@ class ItemError:
 
 
 @dataclass(frozen=True)
+class VadParameters:
+    """How voice activity detection tells speech from silence (Silero's names; OpenAI's server_vad maps here)."""
+
+    # probability above which a 32 ms chunk is speech (server_vad `threshold`)
+    threshold: float = 0.5
+    # silence shorter than this does not end speech (server_vad `silence_duration_ms`)
+    min_silence_ms: int = 1000
+    # audio kept before and after each stretch of speech (server_vad `prefix_padding_ms`)
+    speech_pad_ms: int = 400
+    # shorter bursts (clicks, coughs) are not speech
+    min_speech_ms: int = 250
+
+
+@dataclass(frozen=True)
 class TranscriptionOptions:
     """What one request asks of the model; requests with equal decoding options share one decode."""
 
@@ -69,6 +87,10 @@ class TranscriptionOptions:
     temperature: float | None = None
     # time each word by cross-attention alignment (one extra decoder pass per window)
     word_timestamps: bool = False
+    # voice activity detection before windowing: None follows the service's WHISPER_VAD, False skips it
+    vad: bool | None = None
+    # how VAD decides, where the request said (OpenAI's chunking_strategy); None: the defaults
+    vad_parameters: VadParameters | None = None
 
     @property
     def temperatures(self) -> tuple[float, ...]:

@@ -23,6 +23,13 @@ EXIT_PROCESS_DIED = 3
 POLL_SECONDS = 0.1
 # how long requests answered 503 get to reach their clients before the HTTP processes are stopped
 FLUSH_SECONDS = 3.0
+# how long an HTTP process gets to close its connections once stopped (uvicorn's graceful shutdown), then it is
+# killed; LitServe then gives each model worker WORKER_STOP_SECONDS after SIGTERM before killing it
+HTTP_STOP_SECONDS = 3.0
+WORKER_STOP_SECONDS = 5.0
+# past WHISPER_SHUTDOWN_GRACE, the longest SIGTERM takes to exit, whatever clients do (with a margin for a busy
+# host); orchestrators' grace periods (stop_grace_period, terminationGracePeriodSeconds) must exceed grace + this
+SHUTDOWN_OVERHEAD_SECONDS = FLUSH_SECONDS + HTTP_STOP_SECONDS + WORKER_STOP_SECONDS + 4.0
 
 
 class Supervisor:
@@ -70,19 +77,19 @@ class Supervisor:
                 self._stop(Phase.FAILED, stop_server)
                 return
             if self._stop_requested.is_set() and drain_deadline is None:
-                log.info("SIGTERM: draining %d requests (at most %g s)", self.admission.held, self.grace_seconds)
+                log.info("SIGTERM: draining %d requests (at most %g s)", self.admission.in_flight, self.grace_seconds)
                 self.admission.enter(Phase.DRAINING)
                 drain_deadline = time.monotonic() + self.grace_seconds
-            if drain_deadline is not None and (self.admission.held == 0 or time.monotonic() >= drain_deadline):
+            if drain_deadline is not None and (self.admission.in_flight == 0 or time.monotonic() >= drain_deadline):
                 self._stop(Phase.STOPPING, stop_server)
                 return
             time.sleep(POLL_SECONDS)
 
     def _stop(self, phase: Phase, stop_server: Callable[[], None]) -> None:
-        if self.admission.held:
-            log.warning("answering %d requests still in flight with 503", self.admission.held)
+        if self.admission.in_flight:
+            log.warning("answering %d requests still in flight with 503", self.admission.in_flight)
         self.admission.enter(phase)
         flush_deadline = time.monotonic() + FLUSH_SECONDS
-        while self.admission.held and time.monotonic() < flush_deadline:
+        while self.admission.in_flight and time.monotonic() < flush_deadline:
             time.sleep(POLL_SECONDS)
         stop_server()

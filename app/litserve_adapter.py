@@ -85,7 +85,7 @@ class SupervisedLitServer(ls.LitServer):
     """A LitServer whose worker and HTTP processes are watched by our code instead of LitServe's monitor.
 
     `watch(processes, stop_server)` is called once every process runs; `on_shutdown()` as the server
-    stops them on purpose.
+    stops them on purpose, giving each HTTP process `http_stop_seconds` to exit.
     """
 
     def __init__(
@@ -93,11 +93,15 @@ class SupervisedLitServer(ls.LitServer):
         api: ls.LitAPI,
         watch: Callable[[Callable[[], Sequence[BaseProcess]], Callable[[], None]], None],
         on_shutdown: Callable[[], None],
+        http_stop_seconds: float,
         **options: Any,
     ) -> None:
         super().__init__(api, **options)
         self._watch = watch
         self._on_shutdown = on_shutdown
+        # how long each HTTP process gets to finish once stopped (uvicorn's graceful shutdown, then LitServe's
+        # join) before it is killed; LitServe's own 30 s would come on top of the drain
+        self.uvicorn_graceful_timeout = http_stop_seconds
 
     def _start_worker_monitoring(self, manager: SyncManager, uvicorn_workers: dict[str, BaseProcess]) -> None:
         # LitServe's own monitor would leave requests waiting on a dead worker hanging until their timeout

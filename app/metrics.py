@@ -43,6 +43,11 @@ IN_FLIGHT = Gauge(
     multiprocess_mode="livesum",
 )
 ERRORS = Counter("whisper_errors_total", "Requests that failed, by reason.", ["reason"])
+CONNECTIONS_REFUSED = Counter(
+    "whisper_connections_refused_total",
+    "Connections closed or refused before a route ran: over the connection limit, headers too slow, large or many.",
+    ["reason"],
+)
 DECODE_SECONDS = Histogram(
     "whisper_audio_decode_seconds",
     "ffmpeg decoding time per upload.",

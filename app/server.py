@@ -16,10 +16,11 @@ from fastapi import FastAPI, Response
 from app import metrics
 from app.config import Settings, litserve_devices, load_settings
 from app.contract import ItemError
-from app.lifecycle import Supervisor
+from app.lifecycle import HTTP_STOP_SECONDS, Supervisor
 from app.litserve_adapter import SupervisedLitServer
 from app.web import native_api, request_log
 from app.web.admission import HEALTH_PATH, Admission, HealthGate
+from app.web.connections import ConnectionLimits, HeaderLimits, connections_that_fit, guarded_protocol
 from app.web.jobs.api import JOBS_PATH, add_job_routes
 from app.web.jobs.model import JobForm
 from app.web.jobs.wiring import build_jobs
@@ -62,6 +63,8 @@ def build_server(settings: Settings) -> tuple[SupervisedLitServer, Supervisor]:
     if settings.api_key:
         key = settings.api_key.get_secret_value()
         middlewares.append((ApiKeyMiddleware, {"key": key, "open_paths": open_paths, "render_error": render_error}))
+    header_limits = {"max_headers": settings.max_headers, "max_header_bytes": settings.max_header_kb * 1000}
+    middlewares.append((HeaderLimits, {**header_limits, "render_error": render_error}))
     middlewares.append((RequestLogMiddleware, {}))
     accelerator = resolve_device(settings.device)
     supervisor = Supervisor(admission, settings.shutdown_grace)
@@ -69,6 +72,8 @@ def build_server(settings: Settings) -> tuple[SupervisedLitServer, Supervisor]:
         api,
         watch=supervisor.watch,
         on_shutdown=supervisor.stand_down,
+        # by the time the HTTP processes are stopped every request is answered: LitServe's 30 s would only add
+        http_stop_seconds=HTTP_STOP_SECONDS,
         accelerator=accelerator,
         # LitServe runs every CPU worker on the one "cpu" device; the setting only picks GPUs
         devices=litserve_devices(settings.devices) if accelerator == "cuda" else 1,
@@ -109,6 +114,12 @@ def main() -> None:
     metrics.clear_multiprocess_dir()
     server, supervisor = build_server(settings)
     supervisor.install_signal_handler()
+    limits = ConnectionLimits(
+        max_connections=connections_that_fit(settings.max_connections, settings.decode_concurrency),
+        header_timeout=settings.header_timeout,
+        max_header_bytes=settings.max_header_kb * 1000,
+    )
+    log.info("each HTTP process holds at most %d connections", limits.max_connections)
     server.run(
         host=settings.host,
         port=settings.port,
@@ -116,5 +127,8 @@ def main() -> None:
         generate_client_file=False,
         # one JSON line per request comes from RequestLogMiddleware instead
         access_log=False,
+        # h11, not httptools: httptools reads headers of any size before the app can refuse them
+        http=guarded_protocol(limits),
+        h11_max_incomplete_event_size=limits.max_header_bytes,
     )
     raise SystemExit(supervisor.exit_code)

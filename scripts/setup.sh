@@ -8,6 +8,10 @@ extra="${1:-cpu-model}"
 apt_packages=(ffmpeg)
 # postgresql: the jobs tests start their own server from it (tests/postgres.py)
 [ "$extra" = "test" ] && apt_packages+=(espeak-ng prometheus postgresql)
+# stock Debian/Ubuntu python3 cannot make a venv (no ensurepip) until python3-venv is installed
+if [ ! -x .venv/bin/python ] && ! python3 -c "import ensurepip" 2>/dev/null; then
+  apt_packages+=(python3-venv)
+fi
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

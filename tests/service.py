@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -74,9 +75,16 @@ class ServiceProcess:
     """One `python -m app` process with its own port, upload dir and metrics dir."""
 
     def __init__(
-        self, workdir: Path, model_cache_dir: Path, startup_seconds: float = STARTUP_SECONDS, **env: str
+        self,
+        workdir: Path,
+        model_cache_dir: Path,
+        startup_seconds: float = STARTUP_SECONDS,
+        max_open_files: int | None = None,
+        **env: str,
     ) -> None:
         self.startup_seconds = startup_seconds
+        # the service's open-file limit (ulimit -n), for tests that exhaust it
+        self.max_open_files = max_open_files
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.upload_dir = workdir / "uploads"
@@ -103,16 +111,29 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         self.launch()
-        self.wait_until_healthy()
+        try:
+            self.wait_until_healthy()
+        except BaseException:
+            # a service that never became healthy is stopped here: its test never gets it to stop
+            self.stop()
+            raise
         return self
 
     def launch(self) -> ServiceProcess:
         """Start the process without waiting for it, so several services load their models at once."""
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app"], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, "-m", "app"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=self._limit_open_files if self.max_open_files else None,
         )
         return self
+
+    def _limit_open_files(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_open_files, self.max_open_files))
 
     def __enter__(self) -> ServiceProcess:
         return self.start()

@@ -1,4 +1,4 @@
-"""Which uploads the service takes on: at most WHISPER_MAX_QUEUE at once, and none once it is going away.
+"""Which uploads the service takes on: at most WHISPER_MAX_QUEUE received at once, none once it is going away.
 
 The count and the phase live in shared memory made by the main process before it forks the HTTP
 processes, so every HTTP process and the supervisor in the main process see the same numbers.
@@ -40,7 +40,9 @@ REFUSALS = {
 
 
 class Admission:
-    """Shared across processes: how many uploads are held, and the service's phase.
+    """Shared across processes: how many requests are in flight, how many received uploads are held, the phase.
+
+    An upload takes a place only once its body is received: a slow client holds its connection, not a place.
 
     Create it in the main process before LitServe forks its HTTP processes; they inherit the memory.
     Spawned model workers receive a detached copy (they never admit anything).
@@ -49,15 +51,21 @@ class Admission:
     def __init__(self, max_held: int) -> None:
         self.max_held = max_held
         self._held = multiprocessing.Value("i", 0)
+        self._in_flight = multiprocessing.Value("i", 0)
         self._phase = multiprocessing.Value("i", Phase.SERVING, lock=False)
 
     def __getstate__(self) -> dict[str, object]:
         # shared memory made for forked children cannot be pickled into a spawned worker, which needs none
-        return {"max_held": self.max_held, "_held": None, "_phase": None}
+        return {"max_held": self.max_held, "_held": None, "_in_flight": None, "_phase": None}
 
     @property
     def held(self) -> int:
         return self._held.value
+
+    @property
+    def in_flight(self) -> int:
+        """Requests arrived and not yet answered, receiving their upload or held; SIGTERM drains these."""
+        return self._in_flight.value
 
     @property
     def phase(self) -> Phase:
@@ -74,9 +82,22 @@ class Admission:
         raise RequestError(Reason.UNAVAILABLE, REFUSALS[phase])
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Hold one place for the life of an upload; raises RequestError (503) when none is free."""
+    def arrive(self) -> Iterator[None]:
+        """Count one request in flight for its whole life; raises RequestError (503) once the service is going away."""
         self.refuse_unless_serving()
+        with self._in_flight.get_lock():
+            self._in_flight.value += 1
+        try:
+            yield
+        finally:
+            with self._in_flight.get_lock():
+                self._in_flight.value -= 1
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one place for a received upload until it is answered; raises RequestError (503) when none is free."""
+        # a request that arrived before SIGTERM is still served while the drain lasts
+        self.refuse_unless_serving(waiting=True)
         with self._held.get_lock():
             if self._held.value >= self.max_held:
                 raise RequestError(

@@ -2,6 +2,7 @@
 
 ffprobe first decides from the content (never the filename) what the upload is and how long it lasts;
 only accepted audio is decoded, by asyncio subprocesses in the HTTP process, in parallel across uploads.
+Both may open the upload alone: any other demuxer and any protocol but the local file are refused unopened.
 """
 
 from __future__ import annotations
@@ -24,19 +25,29 @@ BYTES_PER_SAMPLE = np.dtype(WAVEFORM_DTYPE).itemsize
 # ffmpeg's wording when the container holds no audio stream to decode
 NO_AUDIO_MARKERS = ("does not contain any stream", "matches no streams", "no audio")
 # demuxers of self-contained audio and video files; playlists, concat scripts, images and the like, which
-# can make ffmpeg open other files, never get past the probe
+# can make ffmpeg open other files, are refused by ffmpeg itself before they read a line (FFMPEG_INPUT_GUARDS)
 ACCEPTED_FORMATS = frozenset(
     {
         "wav", "w64", "mp3", "flac", "ogg", "matroska", "webm", "mov", "mp4", "m4a", "3gp", "aac", "aiff",
         "amr", "asf", "caf", "au", "wv", "ape", "mpeg", "mpegts", "avi", "flv", "ac3", "eac3", "dts", "tta",
     }
 )  # fmt: skip
+# input options that keep ffprobe and ffmpeg to the upload itself: only our demuxers, only the file protocol (so a
+# demuxer that names another file or a URL finds it refused); the upload is named "file:<path>" to match
+FFMPEG_INPUT_GUARDS = {"format_whitelist": ",".join(sorted(ACCEPTED_FORMATS)), "protocol_whitelist": "file"}
+# ffmpeg's words when a guard refused the demuxer it detected
+NOT_ON_WHITELIST = b"not on whitelist"
 # DXD's 384 kHz with headroom; a header claiming more is lying or hostile
 MAX_SAMPLE_RATE = 768_000
 # OpenAI's minimum: less than this holds no word to transcribe
 MIN_AUDIO_SECONDS = 0.1
 # ffmpeg's output is copied to the waveform file in pieces of this size
 PIPE_CHUNK_BYTES = 1 << 20
+# 60 dB above full scale: float recordings overshoot 1.0 a little, never by this much; past it the log-mel
+# overflows float32 and the model fails on the request
+MAX_SAMPLE_MAGNITUDE = 1000.0
+# samples checked at once when a decoded waveform is scanned (4 MB)
+SCAN_SAMPLES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -52,7 +63,7 @@ def ffmpeg_decode_command(source: Path) -> list[str]:
 
     We write the file ourselves: ffmpeg exits 0 when the tmpfs fills up under it, with the waveform cut short.
     """
-    stream = ffmpeg.input(str(source)).output(
+    stream = ffmpeg.input(f"file:{source}", **FFMPEG_INPUT_GUARDS).output(
         "pipe:1",
         format="f32le",
         acodec="pcm_f32le",
@@ -67,14 +78,26 @@ def ffmpeg_decode_command(source: Path) -> list[str]:
 
 def ffprobe_command(source: Path) -> list[str]:
     entries = "format=format_name,duration:stream=codec_type,channels,sample_rate,duration"
-    return ["ffprobe", "-v", "error", "-hide_banner", "-show_entries", entries, "-of", "json", str(source)]
+    guards = [argument for name, value in FFMPEG_INPUT_GUARDS.items() for argument in (f"-{name}", value)]
+    return [
+        "ffprobe",
+        "-v",
+        "error",
+        "-hide_banner",
+        *guards,
+        "-show_entries",
+        entries,
+        "-of",
+        "json",
+        f"file:{source}",
+    ]
 
 
 def _ffmpeg_problem(stderr: bytes, source: Path) -> str:
     """ffmpeg's own complaint, without our temp path (the client never sees server paths)."""
     lines = [line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip()]
     detail = lines[-1] if lines else "ffmpeg could not decode it"
-    return detail.replace(str(source), "upload")
+    return detail.replace(f"file:{source}", "upload").replace(str(source), "upload")
 
 
 @asynccontextmanager
@@ -118,6 +141,12 @@ async def probe_upload(source: Path, timeout: float) -> Probe:
             stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
         except asyncio.TimeoutError:
             raise too_slow(timeout) from None
+    if NOT_ON_WHITELIST in stderr:
+        raise RequestError(
+            Reason.UNSUPPORTED_FORMAT,
+            "the upload's content is not an audio format this server accepts (playlists, concat scripts, "
+            "images and the like are refused unopened)",
+        )
     if process.returncode != 0:
         raise unreadable(stderr, source)
     report = json.loads(stdout or b"{}")
@@ -192,4 +221,29 @@ async def decode_upload(source: Path, destination: Path, timeout: float, max_sec
             Reason.AUDIO_TOO_SHORT,
             f"the audio is {seconds:.3f} s long; the shortest this server transcribes is {MIN_AUDIO_SECONDS:g} s",
         )
+    check_samples(destination)
     return seconds
+
+
+def check_samples(path: Path) -> None:
+    """Refuse a waveform holding NaN, infinities or magnitudes past MAX_SAMPLE_MAGNITUDE, naming what it holds.
+
+    Float formats (WAV, CAF, ...) carry such values through ffmpeg untouched, and the model fails on them.
+    """
+    waveform = np.memmap(path, dtype=WAVEFORM_DTYPE, mode="r")
+    not_finite = too_loud = 0
+    for start in range(0, len(waveform), SCAN_SAMPLES):
+        block = np.asarray(waveform[start : start + SCAN_SAMPLES])
+        finite = np.isfinite(block)
+        not_finite += int(block.size - np.count_nonzero(finite))
+        too_loud += int(np.count_nonzero(np.abs(block[finite]) > MAX_SAMPLE_MAGNITUDE))
+    del waveform
+    if not_finite:
+        raise RequestError(
+            Reason.INVALID_SAMPLES, f"the audio holds {not_finite} NaN or infinite samples; no recording does"
+        )
+    if too_loud:
+        raise RequestError(
+            Reason.INVALID_SAMPLES,
+            f"the audio holds {too_loud} samples of magnitude over {MAX_SAMPLE_MAGNITUDE:g} (full scale is 1.0)",
+        )

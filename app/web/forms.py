@@ -6,7 +6,9 @@ audio part itself is streamed by app/web/uploads.py, never held here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (
@@ -21,7 +23,7 @@ from pydantic import (
 )
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
-from app.contract import TASKS, LanguageDetection, Reason, TranscriptionOptions, Work
+from app.contract import TASKS, LanguageDetection, Reason, TranscriptionOptions, VadParameters, Work
 from app.web.errors import RequestError
 from app.web.formats import RESPONSE_FORMATS, TRANSCRIPTION_JSON
 from app.web.uploads import Upload
@@ -75,6 +77,52 @@ def _boolean(value: object, info: ValidationInfo) -> bool:
     return word in TRUE_WORDS
 
 
+def _optional_boolean(value: object, info: ValidationInfo) -> bool | None:
+    """true or false; empty leaves the decision to the service's default."""
+    return _boolean(value, info) if _text(value) else None
+
+
+def _chunking_strategy(value: object) -> VadParameters | None:
+    """OpenAI's chunking_strategy: "auto", or a server_vad object (JSON) whose fields tune our VAD.
+
+    Absent means the service's default (WHISPER_VAD); either given form turns VAD on for the request.
+    """
+    if isinstance(value, dict):
+        strategy: object = value
+    else:
+        text = _text(value)
+        if not text:
+            return None
+        if text == "auto":
+            return VadParameters()
+        try:
+            strategy = json.loads(text)
+        except json.JSONDecodeError:
+            strategy = None
+    if not isinstance(strategy, dict) or strategy.get("type") != "server_vad":
+        raise bad_option("chunking_strategy", 'chunking_strategy must be "auto" or {"type": "server_vad", ...}')
+    defaults = VadParameters()
+    try:
+        threshold = float(strategy.get("threshold", defaults.threshold))
+        padding = int(strategy.get("prefix_padding_ms", defaults.speech_pad_ms))
+        silence = int(strategy.get("silence_duration_ms", defaults.min_silence_ms))
+    except (TypeError, ValueError):
+        raise bad_option("chunking_strategy", "server_vad threshold and *_ms fields must be numbers") from None
+    if not 0.0 < threshold < 1.0 or padding < 0 or silence < 0:
+        raise bad_option("chunking_strategy", "server_vad needs 0 < threshold < 1 and non-negative *_ms fields")
+    return replace(defaults, threshold=threshold, speech_pad_ms=padding, min_silence_ms=silence)
+
+
+def _no_streaming(value: object, info: ValidationInfo) -> bool:
+    if _boolean(value, info):
+        message = (
+            "stream=true is not supported: this service decodes every 30 s window of a file in one batched pass, "
+            "so no text is ready before the whole transcript; send stream=false"
+        )
+        raise bad_option("stream", message)
+    return False
+
+
 def _optional_text(value: object) -> str | None:
     return _text(value) or None
 
@@ -112,6 +160,27 @@ Temperature = Annotated[
     WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1, "description": "0 or empty: greedy with fallback"}),
 ]
 Flag = Annotated[bool, BeforeValidator(_boolean), WithJsonSchema({"type": "boolean"})]
+OptionalFlag = Annotated[
+    bool | None,
+    BeforeValidator(_optional_boolean),
+    WithJsonSchema({"type": "boolean", "description": "empty: the service's default"}),
+]
+ChunkingStrategy = Annotated[
+    VadParameters | None,
+    BeforeValidator(_chunking_strategy),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": '"auto" or a JSON object {"type": "server_vad", "threshold", "prefix_padding_ms", '
+            '"silence_duration_ms"}: voice activity detection before transcription',
+        }
+    ),
+]
+NoStreaming = Annotated[
+    bool,
+    BeforeValidator(_no_streaming),
+    WithJsonSchema({"type": "boolean", "description": "must be false: responses are not streamed"}),
+]
 NATIVE_FORMATS = (TRANSCRIPTION_JSON, *RESPONSE_FORMATS)
 Task = Annotated[str, one_of(TASKS, "transcribe"), enum_schema(TASKS)]
 NativeFormat = Annotated[str, one_of(NATIVE_FORMATS, TRANSCRIPTION_JSON), enum_schema(NATIVE_FORMATS)]
@@ -158,6 +227,7 @@ class NativeTranscribeForm(UploadForm):
     initial_prompt: Prompt = Field(None, description="another name for prompt")
     temperature: Temperature = None
     word_timestamps: Flag = False
+    vad: OptionalFlag = Field(None, description="voice activity detection: skip silence (default: WHISPER_VAD)")
     response_format: NativeFormat = TRANSCRIPTION_JSON
     output: Prompt = Field(None, description="another name for response_format")
 
@@ -181,6 +251,7 @@ class NativeTranscribeForm(UploadForm):
             prompt=self.prompt or self.initial_prompt,
             temperature=self.temperature,
             word_timestamps=self.word_timestamps,
+            vad=self.vad,
         )
 
     @property
@@ -239,14 +310,37 @@ class OpenAITranslationForm(UploadForm):
     prompt: Prompt = None
     response_format: OpenAIFormat = "json"
     temperature: Temperature = None
+    chunking_strategy: ChunkingStrategy = None
+    stream: NoStreaming = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bracketed_chunking_strategy(cls, fields: Any) -> Any:
+        # OpenAI's clients send an object field as chunking_strategy[type]=server_vad, chunking_strategy[threshold]=...
+        prefix = "chunking_strategy["
+        if not isinstance(fields, dict) or not any(str(name).startswith(prefix) for name in fields):
+            return fields
+        strategy = {name[len(prefix) : -1]: value for name, value in fields.items() if name.startswith(prefix)}
+        return {**fields, "chunking_strategy": strategy}
 
     @property
     def output_format(self) -> str:
         return self.response_format
 
     @property
+    def vad(self) -> bool | None:
+        """chunking_strategy given: VAD on with its parameters; absent: the service's default."""
+        return None if self.chunking_strategy is None else True
+
+    @property
     def work(self) -> Work:
-        return TranscriptionOptions(task=self.TASK, prompt=self.prompt, temperature=self.temperature)
+        return TranscriptionOptions(
+            task=self.TASK,
+            prompt=self.prompt,
+            temperature=self.temperature,
+            vad=self.vad,
+            vad_parameters=self.chunking_strategy,
+        )
 
 
 class OpenAITranscriptionForm(OpenAITranslationForm):
@@ -272,4 +366,6 @@ class OpenAITranscriptionForm(OpenAITranslationForm):
             prompt=self.prompt,
             temperature=self.temperature,
             word_timestamps=self.include_words,
+            vad=self.vad,
+            vad_parameters=self.chunking_strategy,
         )

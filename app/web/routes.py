@@ -1,8 +1,8 @@
 """The HTTP side: every upload route, run in LitServe's API server processes, and their one lifecycle.
 
-A request is first prepared (admitted, received onto the tmpfs, its form validated, decoded by ffmpeg here,
-in parallel across requests), then awaited (submitted to the model worker through WorkerClient, waited
-for, rendered). Only a waveform path and options cross the queue.
+A request is first received onto the tmpfs (its form validated), then admitted and prepared (decoded by
+ffmpeg here, in parallel across requests), then awaited (submitted to the model worker through WorkerClient,
+waited for, rendered). Only a waveform path and options cross the queue.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from app.web.forms import (
     UploadForm,
 )
 from app.web.request_log import RequestRecord, record_of
-from app.web.uploads import RequestFiles, receive_upload
+from app.web.uploads import RequestFiles, UploadPace, receive_upload
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +118,20 @@ class TranscriptionRoutes(RoutesSpec):
         record.decode_ms = round(elapsed * 1000, 1)
         files.upload.unlink()
 
-    async def prepare(self, request: Request, route: Route, files: RequestFiles, record: RequestRecord) -> PreparedJob:
-        """Receive the upload, validate its form and decode its audio; raises RequestError for the client's faults."""
-        upload = await receive_upload(request, files.upload, int(self.settings.max_upload_mb * 1e6))
+    async def receive(self, request: Request, route: Route, files: RequestFiles, record: RequestRecord) -> UploadForm:
+        """Receive the upload at no less than the minimum pace and validate its form; raises RequestError."""
+        upload = await receive_upload(
+            request,
+            files.upload,
+            int(self.settings.max_upload_mb * 1e6),
+            UploadPace(self.settings.min_upload_rate_kb * 1000, self.settings.upload_grace),
+            still_wanted=lambda: self.admission.refuse_unless_serving(waiting=True),
+        )
         record.upload_bytes = upload.file_size
-        form = route.form.from_upload(upload, self.served_models)
+        return route.form.from_upload(upload, self.served_models)
+
+    async def prepare(self, form: UploadForm, files: RequestFiles, record: RequestRecord) -> PreparedJob:
+        """Decode the received upload's audio; raises RequestError for the client's faults."""
         await self.decode(files, record)
         return PreparedJob(form, QueuedJob(str(files.waveform), form.work, time.monotonic()))
 
@@ -140,7 +149,7 @@ class TranscriptionRoutes(RoutesSpec):
         return outcome if isinstance(outcome, ItemError) else render(prepared.form, outcome)
 
     async def handle(self, request: Request, route: Route) -> Response:
-        """The life of one upload: prepare it, await its outcome, answer.
+        """The life of one upload: receive it, take a place, prepare it, await its outcome, answer.
 
         Temp files are always removed, and all of it happens within WHISPER_REQUEST_TIMEOUT of arrival.
         """
@@ -149,13 +158,16 @@ class TranscriptionRoutes(RoutesSpec):
         timeout = self.settings.request_timeout
 
         async def serve() -> Response | ItemError:
-            prepared = await self.prepare(request, route, files, record)
-            return await self.await_outcome(prepared, started, record)
+            form = await self.receive(request, route, files, record)
+            # a place is taken once the body is here: a slow client holds its connection, never a place
+            with self.admission.admit():
+                prepared = await self.prepare(form, files, record)
+                return await self.await_outcome(prepared, started, record)
 
         metrics.IN_FLIGHT.inc()
         files = RequestFiles.create(self.settings.tmp_dir)
         try:
-            with self.admission.admit():
+            with self.admission.arrive():
                 result = await asyncio.wait_for(serve(), timeout)
         except asyncio.TimeoutError:
             result = ItemError(Reason.TIMEOUT, f"the request did not finish within {timeout:g} s; its work was dropped")

@@ -1,16 +1,19 @@
 """Receiving a multipart upload straight onto the tmpfs, and the per-request files that hold it.
 
 The body is parsed as it streams in: the audio part goes to a unique file (never a name the client
-chose), small text fields are kept in memory, and nothing else is held.
+chose), small text fields are kept in memory, and nothing else is held. A body must keep a minimum pace.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
 import re
+import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -29,6 +32,10 @@ MAX_FIELDS = 64
 ARRAY_SUFFIX = "[]"
 # the names RequestFiles gives; a start-up sweep deletes only these, whatever else shares the directory
 REQUEST_FILE_NAME = re.compile(r"[0-9a-f]{32}\.(upload|f32)")
+# python-multipart's own ceiling (RFC 2046 allows 70)
+MAX_BOUNDARY_BYTES = 256
+# how often an upload that sends nothing looks at its pace and whether the service still wants it
+PACE_POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -159,6 +166,48 @@ class _FormReceiver:
         self.upload.fields[self._field_name] = value
 
 
+@dataclass(frozen=True)
+class UploadPace:
+    """The slowest a body may arrive: `min_bytes_per_second` on average, judged once `grace` seconds have passed."""
+
+    min_bytes_per_second: float
+    grace: float
+
+    def check(self, received: int, elapsed: float) -> None:
+        if elapsed > self.grace and received < self.min_bytes_per_second * elapsed:
+            raise RequestError(
+                Reason.UPLOAD_TOO_SLOW,
+                f"the upload arrived at {received / elapsed / 1000:.3g} KB/s after {elapsed:.0f} s; this server "
+                f"needs at least {self.min_bytes_per_second / 1000:g} KB/s",
+            )
+
+
+async def paced(
+    chunks: AsyncIterator[bytes], pace: UploadPace, still_wanted: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    """`chunks`, checked every PACE_POLL_SECONDS even while none comes: the pace, and `still_wanted` (which raises)."""
+    started = time.monotonic()
+    received = 0
+    pending: asyncio.Future[bytes | None] | None = None
+    try:
+        while True:
+            # the read is not cancelled between polls: cancelling a stream's read would end the stream
+            if pending is None:
+                pending = asyncio.ensure_future(anext(chunks, None))
+            done, _ = await asyncio.wait({pending}, timeout=PACE_POLL_SECONDS)
+            still_wanted()
+            if done:
+                chunk, pending = pending.result(), None
+                if chunk is None:
+                    return
+                received += len(chunk)
+                yield chunk
+            pace.check(received, time.monotonic() - started)
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
 def too_large(max_bytes: int) -> RequestError:
     return RequestError(
         Reason.UPLOAD_TOO_LARGE,
@@ -174,27 +223,40 @@ def declared_length(request: Request) -> int:
         return 0
 
 
-async def receive_upload(request: Request, destination: Path, max_bytes: int) -> Upload:
+def no_check() -> None:
+    """A `still_wanted` for uploads nothing can call off."""
+
+
+async def receive_upload(
+    request: Request,
+    destination: Path,
+    max_bytes: int,
+    pace: UploadPace = UploadPace(0.0, float("inf")),
+    still_wanted: Callable[[], None] = no_check,
+) -> Upload:
     """Stream a multipart/form-data body: the audio part into `destination`, text fields into memory.
 
     A body over `max_bytes` is refused as soon as its declared length or its received bytes say so,
-    so at most `max_bytes` of it ever reach the disk.
+    so at most `max_bytes` of it ever reach the disk; one slower than `pace` is refused with 408, and
+    `still_wanted` (which raises, as when the service stops) is asked every PACE_POLL_SECONDS.
     """
     content_type, params = parse_options_header(request.headers.get("content-type"))
-    if content_type != b"multipart/form-data" or b"boundary" not in params:
+    if content_type != b"multipart/form-data" or not params.get(b"boundary"):
         raise RequestError(
             Reason.BAD_FORM,
             "send the audio as multipart/form-data with a 'file' field (curl -F file=@audio.wav)",
         )
+    if len(params[b"boundary"]) > MAX_BOUNDARY_BYTES:
+        raise RequestError(Reason.BAD_FORM, f"the multipart boundary is longer than {MAX_BOUNDARY_BYTES} bytes")
     if declared_length(request) > max_bytes:
         raise too_large(max_bytes)
     received = 0
     with destination.open("wb") as audio:
         receiver = _FormReceiver(audio)
         callbacks = {name: getattr(receiver, name) for name in dir(receiver) if name.startswith("on_")}
-        parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
         try:
-            async for chunk in request.stream():
+            parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
+            async for chunk in paced(request.stream(), pace, still_wanted):
                 received += len(chunk)
                 if received > max_bytes:
                     raise too_large(max_bytes)

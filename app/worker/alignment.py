@@ -7,6 +7,7 @@ encoder lets it align against the features computed once for the batch.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import torch
 from whisper.audio import HOP_LENGTH
@@ -44,11 +45,21 @@ def add_words(
     segments: list[Segment],
     last_speech: float,
 ) -> tuple[list[Segment], float]:
-    """`segments` of one window with their words timed; returns them and the end of the last speech."""
+    """`segments` of one window with their words timed; returns them and the end of the last speech.
+
+    whisper.timing works in the window's own time (the audio the model heard); times are mapped to the
+    file afterwards, so windows that join speech spans (VAD) get file times too.
+    """
     if not segments:
         return segments, last_speech
-    records = [
-        {"seek": window.start // HOP_LENGTH, "start": s.start, "end": s.end, "tokens": list(s.tokens), "text": s.text}
+    records: list[dict[str, Any]] = [
+        {
+            "seek": 0,
+            "start": window.window_seconds(s.start),
+            "end": window.window_seconds(s.end),
+            "tokens": list(s.tokens),
+            "text": s.text,
+        }
         for s in segments
     ]
     add_word_timestamps(
@@ -56,20 +67,22 @@ def add_words(
         model=_DecoderOnly(model),
         tokenizer=tokenizer,
         mel=features,
-        num_frames=(window.end - window.start) // HOP_LENGTH,
-        last_speech_timestamp=last_speech,
+        num_frames=window.length // HOP_LENGTH,
+        last_speech_timestamp=window.window_seconds(last_speech),
     )
-    timed = [
-        replace(
-            segment,
-            start=seconds(record["start"]),
-            end=seconds(record["end"]),
-            words=tuple(
-                Word(w["word"], seconds(w["start"]), seconds(w["end"]), float(w["probability"]))
-                for w in record["words"]
-            ),
+
+    def file_time(value: float, starting: bool = False) -> float:
+        return seconds(window.file_seconds(float(value), starting))
+
+    timed = []
+    for segment, record in zip(segments, records, strict=True):
+        words = tuple(
+            Word(w["word"], file_time(w["start"], True), file_time(w["end"]), float(w["probability"]))
+            for w in record["words"]
         )
-        for segment, record in zip(segments, records, strict=True)
-    ]
+        # a word's end is never before its start, nor a segment's (rounding and clamping can meet)
+        words = tuple(replace(w, end=max(w.end, w.start)) for w in words)
+        start = file_time(record["start"], True)
+        timed.append(replace(segment, start=start, end=max(file_time(record["end"]), start), words=words))
     ends = [segment.end for segment in timed if segment.words]
     return timed, ends[-1] if ends else last_speech

@@ -41,7 +41,8 @@ FINISHED_CHECK_STEPS = 4
 # share of the GPU memory free after loading the model that one worker's windows may take
 MEMORY_FRACTION = 0.9
 # windows the engine encodes at once: the encoder runs as fast per window at 16 as at 256 (benchmarks/README.md
-# "Figures behind the engine's constants"), and its activations, unlike the decoder's caches, need not grow with the pass
+# "Figures behind the engine's constants"), and its activations, unlike the decoder's caches, need not
+# grow with the pass
 ENCODER_WINDOWS = 32
 # encoder activations of one window, in units of one (n_audio_ctx, n_audio_state) float16 tensor:
 # the 4x MLP hidden layer, float32 LayerNorm copies, residuals

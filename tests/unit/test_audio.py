@@ -11,7 +11,7 @@ import pytest
 from whisper.audio import SAMPLE_RATE
 
 from app.contract import Reason, read_waveform
-from app.web.audio import decode_upload, ffmpeg_decode_command
+from app.web.audio import check_samples, decode_upload, ffmpeg_decode_command
 from app.web.errors import RequestError, status_of
 from tests.speech import duration_seconds
 
@@ -101,3 +101,19 @@ def test_text_file(tmp_path: Path) -> None:
     text = tmp_path / "notes.wav"
     text.write_text("this is not audio at all\n" * 20)
     assert status_of(expect_error(text, tmp_path).error) == 415
+
+
+@pytest.mark.parametrize(
+    ("poison", "words"), [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"), (1e30, "magnitude over")]
+)
+def test_samples_no_recording_holds_are_refused(tmp_path: Path, poison: float, words: str) -> None:
+    waveform = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    waveform[100] = poison
+    path = tmp_path / "poisoned.f32"
+    waveform.tofile(path)
+    with pytest.raises(RequestError) as refused:
+        check_samples(path)
+    assert refused.value.error.reason is Reason.INVALID_SAMPLES and words in str(refused.value)
+    # a little overshoot past full scale is real audio
+    np.full(SAMPLE_RATE, 1.5, dtype=np.float32).tofile(path)
+    check_samples(path)

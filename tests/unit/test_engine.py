@@ -15,7 +15,7 @@ from whisper.decoding import DecodingResult
 from whisper.model import Whisper
 from whisper.tokenizer import get_tokenizer
 
-from app.contract import ItemError, Reason, Transcript
+from app.contract import ItemError, Reason, Transcript, TranscriptionOptions
 from app.web.errors import status_of
 from app.worker.engine import AudioJob, Transcriber, log_mel_batch, needs_fallback
 from app.worker.segments import window_segments
@@ -142,3 +142,25 @@ def test_a_failing_job_fails_alone(transcriber: Transcriber, five_second_clips: 
     assert results[1].reason is Reason.INFERENCE_FAILED and status_of(results[1]) == 500
     assert passed.statistics.windows == 3, "the windows of the three jobs that succeeded"
     assert "fox" in results[0].text.lower()
+
+
+@pytest.mark.parametrize("prompt", ["<|endoftext|>", "names: <|startoftranscript|><|en|>"])
+def test_a_prompt_spelling_special_tokens_is_encoded_as_text(transcriber: Transcriber, prompt: str) -> None:
+    tokenizer = transcriber.tokenizer("transcribe", "en")
+    tokens = transcriber.decoding_options("transcribe", "en", prompt).prompt
+    assert isinstance(tokens, list) and not set(tokens) & set(tokenizer.special_tokens.values())
+    assert tokenizer.decode(tokens) == " " + prompt
+
+
+def test_an_english_only_model_refuses_other_languages_and_translation(transcriber: Transcriber) -> None:
+    speech = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    jobs = [
+        AudioJob(speech, TranscriptionOptions(language="de")),
+        AudioJob(speech, TranscriptionOptions(task="translate")),
+        AudioJob(speech, TranscriptionOptions(language="en")),
+    ]
+    german, translation, english = transcriber.run_batch(jobs).outcomes
+    assert isinstance(german, ItemError) and german.reason is Reason.BAD_OPTION and german.param == "language"
+    assert isinstance(translation, ItemError) and translation.param == "model"
+    assert "English-only" in german.message and "English-only" in translation.message
+    assert isinstance(english, Transcript)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.contract import LanguageDetection, Reason, TranscriptionOptions
+from app.contract import LanguageDetection, Reason, TranscriptionOptions, VadParameters
 from app.web.errors import RequestError
 from app.web.forms import (
     DetectLanguageForm,
@@ -110,11 +110,11 @@ def test_translations_ignore_language_and_translate() -> None:
     ("kind", "fields"),
     [
         (NativeTranscribeForm, {"language", "task", "prompt", "initial_prompt", "temperature", "word_timestamps",
-                                "response_format", "output"}),
+                                "vad", "response_format", "output"}),
         (DetectLanguageForm, set()),
         (OpenAITranscriptionForm, {"model", "language", "prompt", "response_format", "temperature",
-                                   "timestamp_granularities[]"}),
-        (OpenAITranslationForm, {"model", "prompt", "response_format", "temperature"}),
+                                   "timestamp_granularities[]", "chunking_strategy", "stream"}),
+        (OpenAITranslationForm, {"model", "prompt", "response_format", "temperature", "chunking_strategy", "stream"}),
     ],
 )  # fmt: skip
 def test_the_openapi_form_is_the_models_fields_and_the_file(kind: type[UploadForm], fields: set[str]) -> None:
@@ -122,3 +122,37 @@ def test_the_openapi_form_is_the_models_fields_and_the_file(kind: type[UploadFor
     assert set(schema["properties"]) == fields | {"file"}
     assert schema["required"] == ["file"] and schema["properties"]["file"]["format"] == "binary"
     assert all("type" in field for field in schema["properties"].values())
+
+
+def test_vad_follows_the_service_unless_the_request_says() -> None:
+    assert form(NativeTranscribeForm).work == TranscriptionOptions(vad=None)
+    assert form(NativeTranscribeForm, vad="false").work == TranscriptionOptions(vad=False)
+    assert form(NativeTranscribeForm, vad="true").work == TranscriptionOptions(vad=True)
+    assert refusal(NativeTranscribeForm, vad="maybe").error.param == "vad"
+
+
+def test_openai_chunking_strategy_maps_onto_vad() -> None:
+    assert form(OpenAITranscriptionForm, model="whisper-1").work == TranscriptionOptions(vad=None)
+    auto = form(OpenAITranscriptionForm, model="whisper-1", chunking_strategy="auto").work
+    assert auto == TranscriptionOptions(vad=True, vad_parameters=VadParameters())
+    server_vad = '{"type": "server_vad", "threshold": 0.6, "prefix_padding_ms": 200, "silence_duration_ms": 700}'
+    tuned = form(OpenAITranscriptionForm, model="whisper-1", chunking_strategy=server_vad).work
+    assert isinstance(tuned, TranscriptionOptions)
+    assert tuned.vad and tuned.vad_parameters == VadParameters(threshold=0.6, speech_pad_ms=200, min_silence_ms=700)
+    # OpenAI's clients send the object as bracketed fields
+    bracketed = form(
+        OpenAITranscriptionForm,
+        model="whisper-1",
+        **{"chunking_strategy[type]": "server_vad", "chunking_strategy[threshold]": "0.7"},
+    ).work
+    assert isinstance(bracketed, TranscriptionOptions) and bracketed.vad_parameters == VadParameters(threshold=0.7)
+    for wrong in ("manual", '{"type": "semantic_vad"}', '{"type": "server_vad", "threshold": 2}', "{"):
+        assert refusal(OpenAITranscriptionForm, model="whisper-1", chunking_strategy=wrong).error.param == (
+            "chunking_strategy"
+        )
+
+
+def test_streaming_is_refused_in_words_not_ignored() -> None:
+    assert form(OpenAITranscriptionForm, model="whisper-1", stream="false").stream is False
+    error = refusal(OpenAITranscriptionForm, model="whisper-1", stream="true").error
+    assert error.param == "stream" and "not supported" in error.message

@@ -5,7 +5,6 @@ Named models are never downloaded here: whisper.load_model is replaced where a n
 
 from __future__ import annotations
 
-import os
 import sys
 import urllib.error
 from pathlib import Path
@@ -59,7 +58,7 @@ def test_cache_key_changes_when_model_bin_changes(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "model.bin").write_bytes(b"v1")
     before = models._cache_path(folder, tmp_path)
-    os.utime(folder / "model.bin", ns=(0, 0))
+    (folder / "model.bin").write_bytes(b"v2")
     assert models._cache_path(folder, tmp_path) != before
 
 

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 from whisper.audio import N_SAMPLES, SAMPLE_RATE
 
-from app.worker.windows import BOUNDARY_SEARCH_SECONDS, quietest_sample, split_waveform
+from app.worker.windows import BOUNDARY_SEARCH_SECONDS, Window, quietest_sample, split_waveform
 
 
 def tone(seconds: float) -> np.ndarray:
@@ -54,3 +54,22 @@ def test_without_a_pause_the_cut_stays_within_the_search_region() -> None:
 def test_quietest_sample_finds_the_gap() -> None:
     region = np.concatenate([tone(1), silence(0.3), tone(1)])
     assert 1.0 * SAMPLE_RATE <= quietest_sample(region) <= 1.3 * SAMPLE_RATE
+
+
+def test_a_window_of_joined_spans_maps_its_times_to_the_file() -> None:
+    s = SAMPLE_RATE
+    window = Window(0, 6 * s, 60 * s, spans=((6 * s, 12 * s), (30 * s, 60 * s)))
+    waveform = np.arange(61 * s, dtype=np.float32)
+    assert window.length == 36 * s
+    assert np.array_equal(window.audio(waveform), np.concatenate([waveform[6 * s : 12 * s], waveform[30 * s : 60 * s]]))
+    # 6 s of audio heard is the junction: an end stays in the first span, a start moves to the second
+    assert window.file_seconds(6.0) == 12.0
+    assert window.file_seconds(6.0, starting=True) == 30.0
+    assert window.file_seconds(7.5) == 31.5
+    # times past the audio clamp to the window's end, never past it
+    assert window.file_seconds(40.0) == 60.0
+    assert window.window_seconds(31.5) == 7.5
+    assert window.window_seconds(20.0) == 6.0  # in the gap: the junction
+    assert window.window_seconds(5.0) == -1.0  # before the window
+    assert window.after(7 * s) == Window(0, 31 * s, 60 * s)
+    assert window.after(s).spans == ((7 * s, 12 * s), (30 * s, 60 * s))
