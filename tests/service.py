@@ -44,7 +44,8 @@ def wait_until_ready(process: subprocess.Popen, url: str, timeout: float, logs: 
         try:
             if requests.get(url, timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
+            # not listening yet, or too busy loading to answer within the second: both mean not ready
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout} s:\n{logs()}")

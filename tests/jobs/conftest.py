@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.jobs.client import BUDGET_BYTES, jobs_env
+from tests.jobs.client import BUDGET_BYTES, STARTUP_SECONDS, jobs_env
 from tests.postgres import postgres_server
 from tests.service import ServiceProcess
 
@@ -65,6 +65,7 @@ def jobs_service(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path
     with ServiceProcess(
         workdir,
         model_cache_dir,
+        STARTUP_SECONDS,
         **jobs_env(workdir / "jobs.db", workdir / "job-uploads"),
         WHISPER_JOBS_MAX_BYTES=str(BUDGET_BYTES),
         WHISPER_WEBHOOK_ALLOW_PRIVATE="1",

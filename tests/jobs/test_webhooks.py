@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.jobs.client import WEBHOOK_SECRET, jobs_env, submit, submitted, wait_until_over
+from tests.jobs.client import STARTUP_SECONDS, WEBHOOK_SECRET, jobs_env, submit, submitted, wait_until_over
 from tests.service import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,8 @@ def test_the_webhook_is_signed_and_retried_after_a_500(
 def strict_service(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> Iterator[ServiceProcess]:
     """A service with webhooks signed but WHISPER_WEBHOOK_ALLOW_PRIVATE left at its default."""
     workdir = tmp_path_factory.mktemp("strict-webhooks")
-    with ServiceProcess(workdir, model_cache_dir, **jobs_env(workdir / "jobs.db", workdir / "job-uploads")) as process:
+    env = jobs_env(workdir / "jobs.db", workdir / "job-uploads")
+    with ServiceProcess(workdir, model_cache_dir, STARTUP_SECONDS, **env) as process:
         yield process
 
 
