@@ -23,7 +23,8 @@ from app.web.routes import TranscriptionRoutes
 from app.web.schema import describe_uploads
 from app.web.security import ApiKeyMiddleware
 from app.web.uploads import claim_upload_dir
-from app.worker.litapi import WhisperLitAPI, resolve_device
+from app.worker.continuous_loop import ContinuousLoop
+from app.worker.litapi import WhisperLitAPI, continuous_batching, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ def build_server(settings: Settings) -> WhisperServer:
         max_batch_size=settings.max_batch_size,
         batch_timeout=settings.batch_timeout,
         spec=spec,
+        # continuous batching answers each request as its last window ends, from a loop of its own
+        loop=ContinuousLoop() if continuous_batching(settings) else "auto",
     )
     open_paths = frozenset({HEALTH_PATH} if settings.metrics_require_key else {HEALTH_PATH, METRICS_PATH})
 
