@@ -210,7 +210,7 @@ def run_service(
             closed_loop(service.url, clips, payloads, count, args.warmup)
             curve.append(
                 measure_load(args, service, clips, payloads, gpus, count, max_batch_size, seconds,
-                             profile_output if index == 0 else None)
+                             profile_output if index == len(sweep) - 1 else None)
             )  # fmt: skip
             print(json.dumps(curve[-1]), flush=True)
         result = dict(curve[0])
@@ -229,43 +229,42 @@ def measure_load(
     clients: int, max_batch_size: int, seconds: float, profile_output: Path | None,
 ) -> dict:  # fmt: skip
     """One measured closed-loop run of `clients` on a warmed-up service."""
-    if True:
-        before = service.metric_samples()
-        with sampled_stacks(service, args.profile_worker, profile_output):
-            load = closed_loop(service.url, clips, payloads, clients, seconds)
-        after = service.metric_samples()
-        short = [latency for latency, clip_seconds in load.timed if clip_seconds <= SHORT_CLIP_SECONDS]
-        result = {
-            "gpus": gpus,
-            "clients": clients,
-            "max_batch_size": max_batch_size,
-            "requests": len(load.latencies),
-            "errors": load.errors,
-            "audio_seconds": round(load.audio_seconds, 1),
-            "wall_seconds": round(load.wall_seconds, 2),
-            "rtf": round(load.audio_seconds / load.wall_seconds, 1),
-            "p50_ms": round(1000 * percentile(load.latencies, 0.50)) if load.latencies else None,
-            "p95_ms": round(1000 * percentile(load.latencies, 0.95)) if load.latencies else None,
-            "p99_ms": round(1000 * percentile(load.latencies, 0.99)) if load.latencies else None,
-            "clips_up_to_30s_p50_ms": round(1000 * percentile(short, 0.50)) if short else None,
-            "clips_up_to_30s_p95_ms": round(1000 * percentile(short, 0.95)) if short else None,
-            "batch_size": histogram_delta(before, after, "whisper_batch_size"),
-            "windows_per_pass": histogram_delta(before, after, "whisper_batch_windows"),
-            "worker_busy_share": busy_share(before, after, load.wall_seconds),
-            # where a request's time went, server side: arrival to answer, ffmpeg, queued until its
-            # pass began, one pass; the rest of arrival-to-answer is the HTTP process's own
-            "mean_seconds": {
-                part: histogram_delta(before, after, name)["mean"]
-                for part, name in (
-                    ("request", "whisper_request_duration_seconds"),
-                    ("decode", "whisper_audio_decode_seconds"),
-                    ("queue_wait", "whisper_queue_wait_seconds"),
-                    ("pass", "whisper_inference_seconds"),
-                )
-            },
-        }
-        if load.errors:
-            print(f"errors {load.errors}; the service's log ends:\n{service.logs()}", flush=True)
+    before = service.metric_samples()
+    with sampled_stacks(service, args.profile_worker, profile_output):
+        load = closed_loop(service.url, clips, payloads, clients, seconds)
+    after = service.metric_samples()
+    short = [latency for latency, clip_seconds in load.timed if clip_seconds <= SHORT_CLIP_SECONDS]
+    result = {
+        "gpus": gpus,
+        "clients": clients,
+        "max_batch_size": max_batch_size,
+        "requests": len(load.latencies),
+        "errors": load.errors,
+        "audio_seconds": round(load.audio_seconds, 1),
+        "wall_seconds": round(load.wall_seconds, 2),
+        "rtf": round(load.audio_seconds / load.wall_seconds, 1),
+        "p50_ms": round(1000 * percentile(load.latencies, 0.50)) if load.latencies else None,
+        "p95_ms": round(1000 * percentile(load.latencies, 0.95)) if load.latencies else None,
+        "p99_ms": round(1000 * percentile(load.latencies, 0.99)) if load.latencies else None,
+        "clips_up_to_30s_p50_ms": round(1000 * percentile(short, 0.50)) if short else None,
+        "clips_up_to_30s_p95_ms": round(1000 * percentile(short, 0.95)) if short else None,
+        "batch_size": histogram_delta(before, after, "whisper_batch_size"),
+        "windows_per_pass": histogram_delta(before, after, "whisper_batch_windows"),
+        "worker_busy_share": busy_share(before, after, load.wall_seconds),
+        # where a request's time went, server side: arrival to answer, ffmpeg, queued until its
+        # pass began, one pass; the rest of arrival-to-answer is the HTTP process's own
+        "mean_seconds": {
+            part: histogram_delta(before, after, name)["mean"]
+            for part, name in (
+                ("request", "whisper_request_duration_seconds"),
+                ("decode", "whisper_audio_decode_seconds"),
+                ("queue_wait", "whisper_queue_wait_seconds"),
+                ("pass", "whisper_inference_seconds"),
+            )
+        },
+    }
+    if load.errors:
+        print(f"errors {load.errors}; the service's log ends:\n{service.logs()}", flush=True)
     return result
 
 

@@ -34,7 +34,7 @@ class ContinuousLoop(LitLoop):
         # the uid and reply queue of each request in the scheduler
         owners: dict[str, int] = {}
         while True:
-            arrivals = self._arrivals(request_queue, block=not lit_api.scheduler.busy)
+            arrivals = self._arrivals(request_queue, block=not lit_api.busy)
             if arrivals is None:
                 return
             for response_queue_id, uid, timestamp, payload in arrivals:
@@ -51,7 +51,7 @@ class ContinuousLoop(LitLoop):
                     continue
                 owners[uid] = response_queue_id
                 lit_api.submit(uid, job)
-            if not lit_api.scheduler.busy:
+            if not lit_api.busy:
                 continue
             for uid, reported in lit_api.step():
                 self._answer(transport, owners.pop(uid), uid, reported)

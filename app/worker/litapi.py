@@ -98,6 +98,11 @@ class WhisperLitAPI(ls.LitAPI):
             self.transcriber = Transcriber(model, self.settings.max_windows_per_pass, gpu_share)
         log.info("model %s ready on %s", spec, device)
 
+    @property
+    def busy(self) -> bool:
+        """Continuous batching: whether any request is in the worker (decoding, waiting, or aside)."""
+        return bool(self.others) or self.scheduler.busy
+
     def submit(self, uid: str, job: AudioJob) -> None:
         """Continuous batching: a request joins the running decode at the next step."""
         if self.scheduler.takes(job):

@@ -166,7 +166,8 @@ class ContinuousScheduler:
             now = time.monotonic()
             for slot, row in zip(slots, rows, strict=True):
                 request, index = taken[row]
-                request.features[index] = features[row]
+                # a copy: a view would keep the whole admission's features alive as long as any request
+                request.features[index] = features[row].clone()
                 request.started_at = request.started_at or now
                 self.in_slots[slot] = (request, index)
         return [answer for answer in answers if answer is not None]

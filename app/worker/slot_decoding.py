@@ -41,6 +41,45 @@ def shared_plan(plan: GreedyPlan) -> GreedyPlan:
     return dataclasses.replace(plan, n_initial=0, sot_index=0, max_tokens=0)
 
 
+@dataclass
+class _Snapshot:
+    """The per-slot results as they stood after one step, copied to the host without a wait."""
+
+    done: Tensor
+    n_sampled: Tensor
+    sum_logprobs: Tensor
+    no_speech: Tensor
+    tokens: Tensor
+    event: torch.cuda.Event | None
+    step: int = -1
+    rows: int = 0
+
+    @classmethod
+    def empty(cls, capacity: int, n_ctx: int, pinned: bool) -> _Snapshot:
+        def host(*shape: int, dtype: torch.dtype) -> Tensor:
+            return torch.zeros(*shape, dtype=dtype, pin_memory=pinned)
+
+        return cls(
+            done=host(capacity, dtype=torch.bool),
+            n_sampled=host(capacity, dtype=torch.long),
+            sum_logprobs=host(capacity, dtype=torch.float32),
+            no_speech=host(capacity, dtype=torch.float32),
+            tokens=host(capacity, n_ctx, dtype=torch.long),
+            event=torch.cuda.Event() if pinned else None,
+        )
+
+    def take(self, decoder: SlotDecoder, rows: int, step: int) -> None:
+        """Queue the copies of rows [0, rows) after the step just queued."""
+        for target, source in (
+            (self.done, decoder.done), (self.n_sampled, decoder.n_sampled), (self.sum_logprobs, decoder.sum_logprobs),
+            (self.no_speech, decoder.no_speech), (self.tokens, decoder.tokens),
+        ):  # fmt: skip
+            target[:rows].copy_(source[:rows], non_blocking=self.event is not None)
+        if self.event is not None:
+            self.event.record()
+        self.step, self.rows = step, rows
+
+
 @dataclass(frozen=True)
 class SlotResult:
     """One finished window: its sampled tokens (end-of-text cut off) and whisper's per-window figures."""
@@ -146,7 +185,12 @@ class SlotDecoder:
         self.graph_pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.capture_stream = torch.cuda.Stream(device) if self.use_graphs else None
         self.varlen = self.use_graphs and varlen_is_exact(device, self.n_head, width // self.n_head, self.n_ctx)
-        self.done_host = torch.ones(capacity, dtype=torch.bool, pin_memory=self.use_graphs)
+        # results leave the GPU one step behind: step N's state is copied out while step N + 1 runs,
+        # so the host never waits for the GPU to finish the step it just queued
+        self.snapshots = [_Snapshot.empty(capacity, self.n_ctx, self.use_graphs) for _ in range(2)]
+        self.steps = 0
+        # the first step that includes each slot's window
+        self.admitted_at: list[int] = [0] * capacity
         log.info("slot decoder: %d slots, %s self-attention", capacity, "varlen" if self.varlen else "grouped")
 
     # -- host bookkeeping ---------------------------------------------------------------------------
@@ -246,6 +290,7 @@ class SlotDecoder:
         for slot in slots:
             self.occupant[slot] = True
             self.host_lengths[slot] = n_initial + 1
+            self.admitted_at[slot] = self.steps + 1
 
     def _configure(self, plan: GreedyPlan) -> None:
         shared = shared_plan(plan)
@@ -272,30 +317,35 @@ class SlotDecoder:
                 for layer in range(self.n_layers):
                     self._grouped_attention(layer, rows, groups)
                     self._layer_runner(rows, layer)()
-        for slot in range(rows):
-            if self.occupant[slot]:
-                self.host_lengths[slot] = min(self.host_lengths[slot] + 1, self.n_ctx)
+            for slot in range(rows):
+                if self.occupant[slot]:
+                    self.host_lengths[slot] = min(self.host_lengths[slot] + 1, self.n_ctx)
+            self.steps += 1
+            self.snapshots[self.steps % 2].take(self, rows, self.steps)
 
     @torch.inference_mode()
     def finished(self) -> list[SlotResult]:
-        """Free the slots whose windows ended (a wait for the GPU) and return their results."""
-        with self.on_device():
-            self.done_host.copy_(self.done)
-        ended = [slot for slot, taken in enumerate(self.occupant) if taken and bool(self.done_host[slot])]
-        if not ended:
+        """Free the slots whose windows had ended by the step before the last one queued (on the CPU,
+        by the last one) and return their results; waits only for that earlier step."""
+        seen = self.steps - 1 if self.use_graphs else self.steps
+        snapshot = self.snapshots[seen % 2]
+        if seen < 1 or snapshot.step != seen:
             return []
-        index = torch.tensor(ended, device=self.model.device)
-        counts = self.n_sampled[index].tolist()
-        tokens = self.tokens[index].tolist()
-        sums = self.sum_logprobs[index].tolist()
-        no_speech = self.no_speech[index].tolist()
+        if snapshot.event is not None:
+            snapshot.event.synchronize()
+        done = snapshot.done[: snapshot.rows].tolist()
+        ended = [
+            slot for slot, ended in enumerate(done) if ended and self.occupant[slot] and self.admitted_at[slot] <= seen
+        ]
         results = []
         eot = self.plan.eot
-        for slot, count, row, logprob, silence in zip(ended, counts, tokens, sums, no_speech, strict=True):
-            sequence = row[:count]
+        for slot in ended:
+            sequence = snapshot.tokens[slot, : int(snapshot.n_sampled[slot])].tolist()
             if eot in sequence:
                 sequence = sequence[: sequence.index(eot)]
-            results.append(SlotResult(slot, sequence, logprob, silence))
+            results.append(
+                SlotResult(slot, sequence, float(snapshot.sum_logprobs[slot]), float(snapshot.no_speech[slot]))
+            )
             self.occupant[slot] = False
         return results
 
@@ -303,6 +353,8 @@ class SlotDecoder:
         """Forget every window (after a failed step): the slots are free and done."""
         self.done.fill_(True)
         self.occupant = [False] * self.capacity
+        for snapshot in self.snapshots:
+            snapshot.step = -1
 
     def prepare(self, plan: GreedyPlan) -> int:
         """Capture the step graphs of every bucket now, before any request waits; returns how many."""
@@ -488,32 +540,39 @@ class SlotDecoder:
 
 
 def varlen_is_exact(device: torch.device, n_head: int, head_width: int, n_ctx: int) -> bool:
-    """Whether flash attention's variable-length form gives, bit for bit, the dense call's rows.
+    """Whether flash attention's variable-length form gives, bit for bit, whisper's dense call's rows.
 
-    Probed once at start-up on random data at several lengths and row counts; any difference (or the
-    op missing in this torch) keeps the grouped attention, which is whisper's own call.
+    The dense call is whisper's: a batch of rows of one length. Probed once at start-up on random data
+    at lengths around the kernel's block sizes, with rows of other lengths beside them in the
+    variable-length call. Any difference (or the op missing in this torch) keeps the grouped attention.
+    (whisper's own call splits long key ranges over several blocks when batch x heads is small, so at
+    a handful of rows and over 256 keys even whisper.decode's results depend on the batch's size.)
     """
+    rows, others = 16, 4
     try:
         generator = torch.Generator(device=device).manual_seed(0)
-        for rows in (1, 3, 64):
-            lengths = torch.randint(1, n_ctx + 1, (rows,), device=device, generator=generator, dtype=torch.int32)
-            lengths[0] = n_ctx
-            shape = (rows, n_ctx, n_head, head_width)
+        offsets = torch.arange(rows + others + 1, dtype=torch.int32, device=device)
+        flat = ((rows + others) * n_ctx, n_head, head_width)
+        for length in sorted({1, 2, 63, 64, 65, 127, 128, 129, 255, 256, 257, 300, n_ctx - 1, n_ctx}):
+            shape = (rows + others, n_ctx, n_head, head_width)
             keys = torch.randn(shape, device=device, dtype=torch.float16, generator=generator)
             values = torch.randn(shape, device=device, dtype=torch.float16, generator=generator)
-            query = torch.randn(rows, n_head, head_width, device=device, dtype=torch.float16, generator=generator)
-            offsets = torch.arange(rows + 1, dtype=torch.int32, device=device)
-            flat = (rows * n_ctx, n_head, head_width)
+            query = torch.randn(
+                rows + others, n_head, head_width, device=device, dtype=torch.float16, generator=generator
+            )
+            lengths = torch.randint(
+                1, n_ctx + 1, (rows + others,), device=device, generator=generator, dtype=torch.int32
+            )
+            lengths[:rows] = length
             varlen = varlen_attention(query, keys.view(flat), values.view(flat), lengths, offsets)
-            for row, length in enumerate(lengths.tolist()):
-                dense = dense_attention(
-                    query[row : row + 1, :, None],
-                    keys[row : row + 1, :length].permute(0, 2, 1, 3),
-                    values[row : row + 1, :length].permute(0, 2, 1, 3),
-                )
-                if not torch.equal(dense[0, :, 0], varlen[row]):
-                    log.warning("varlen attention differs from the dense call (row of %d keys)", length)
-                    return False
+            dense = dense_attention(
+                query[:rows, :, None],
+                keys[:rows, :length].permute(0, 2, 1, 3),
+                values[:rows, :length].permute(0, 2, 1, 3),
+            )
+            if not torch.equal(dense[:, :, 0], varlen[:rows]):
+                log.warning("varlen attention differs from the dense call at %d keys", length)
+                return False
         return True
     except (RuntimeError, TypeError) as error:
         log.warning("varlen attention unavailable: %s", error)

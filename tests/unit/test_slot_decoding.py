@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import whisper
@@ -22,10 +23,10 @@ from app.worker.slot_decoding import SlotDecoder, bucket
 
 
 @pytest.fixture(scope="module")
-def speech_features(tiny_en_model: Whisper, five_second_clips: list[Path], minute_long_wav: Path) -> torch.Tensor:
+def speech_features(tiny_en_model: Whisper, five_second_clips: list[Path]) -> torch.Tensor:
     """Encoder output of six windows of real speech, from about 2 s to 30 s: they end at different steps."""
-    clips = [whisper.load_audio(str(path)) for path in five_second_clips[:4]]
-    long = whisper.load_audio(str(minute_long_wav))
+    clips = [whisper.load_audio(str(path)) for path in five_second_clips]
+    long = np.concatenate(clips)
     waveforms = [clips[0][: 2 * 16000], clips[1], clips[2], clips[3], long[: 18 * 16000], long[: 30 * 16000]]
     with torch.inference_mode():
         return tiny_en_model.encoder(log_mel_batch(waveforms, tiny_en_model.dims.n_mels, torch.device("cpu")))
