@@ -13,9 +13,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.worker.synthetic import DEFAULT_TOKENS_PER_WINDOW, MAX_TOKENS_PER_WINDOW
-
 ENV_PREFIX = "WHISPER_"
+# tokens each window decodes with WHISPER_MODEL=synthetic:<shape>
+DEFAULT_TOKENS_PER_WINDOW = 100
+# whisper's own default decode length (n_text_ctx // 2): longer runs would leave its context
+MAX_TOKENS_PER_WINDOW = 224
 
 
 def default_tmp_dir() -> Path:

@@ -89,5 +89,5 @@ def clear_multiprocess_dir() -> None:
 def exposition() -> tuple[bytes, str]:
     """Metrics of every process, in Prometheus' text format."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,62 +1,47 @@
 """Builds the LitServer (routes, middlewares, /metrics, workers) from Settings, and the `python -m app` entry point.
 
-The server is a LitServer whose processes our Supervisor watches; `python -m app` exits with its verdict.
+The one place that wires both sides (app/web, app/worker) together; `python -m app` exits with the
+Supervisor's verdict.
 """
 
 from __future__ import annotations
 
 import logging
-from multiprocessing.managers import SyncManager
-from multiprocessing.process import BaseProcess
 
-import litserve as ls
+import torch
 from fastapi import Response
 
 from app import metrics
 from app.config import Settings, litserve_devices, load_settings
-from app.errors import ItemError
+from app.contract import ItemError
 from app.lifecycle import Supervisor
+from app.litserve_adapter import ContinuousLoop, SupervisedLitServer
 from app.web import native_api, request_log
 from app.web.admission import HEALTH_PATH, Admission, HealthGate
 from app.web.request_log import RequestLogMiddleware
-from app.web.routes import TranscriptionRoutes
+from app.web.routes import ROUTES, TranscriptionRoutes
 from app.web.schema import describe_uploads
 from app.web.security import ApiKeyMiddleware
 from app.web.uploads import claim_upload_dir
-from app.worker.continuous_loop import ContinuousLoop
 from app.worker.litapi import WhisperLitAPI, continuous_batching, resolve_device
+from app.worker.loading import default_model_spec, model_display_name
 
 log = logging.getLogger(__name__)
 
 METRICS_PATH = "/metrics"
 
 
-class WhisperServer(ls.LitServer):
-    """A LitServer whose worker and HTTP processes are watched by our Supervisor instead of LitServe's monitor."""
-
-    def __init__(self, api: WhisperLitAPI, supervisor: Supervisor, **options: object) -> None:
-        super().__init__(api, **options)
-        self.supervisor = supervisor
-
-    def _start_worker_monitoring(self, manager: SyncManager, uvicorn_workers: dict) -> None:
-        # LitServe calls this once every process runs; its own monitor would leave waiting requests hanging
-        def processes() -> list[BaseProcess]:
-            return [*self.inference_workers, *uvicorn_workers.values()]
-
-        self.supervisor.watch(processes, self._shutdown_event.set)
-
-    def _perform_graceful_shutdown(self, *args: object, **kwargs: object) -> None:
-        self.supervisor.stand_down()
-        super()._perform_graceful_shutdown(*args, **kwargs)
-
-
-def build_server(settings: Settings) -> WhisperServer:
-    """A WhisperServer whose workers batch requests from every upload route."""
+def build_server(settings: Settings) -> tuple[SupervisedLitServer, Supervisor]:
+    """A LitServer whose workers batch requests from every upload route, and the Supervisor watching it."""
     claim_upload_dir(settings.tmp_dir)
     admission = Admission(settings.max_queue)
-    spec = TranscriptionRoutes(settings, admission)
+    # resolved once: the worker loads this spec, clients ask for it by this name, /info shows it
+    model_spec = settings.model or default_model_spec(torch.cuda.is_available())
+    model_name = model_display_name(model_spec)
+    spec = TranscriptionRoutes(settings, admission, model_name)
     api = WhisperLitAPI(
         settings,
+        model_spec,
         max_batch_size=settings.max_batch_size,
         batch_timeout=settings.batch_timeout,
         spec=spec,
@@ -69,21 +54,23 @@ def build_server(settings: Settings) -> WhisperServer:
         return spec.error_renderers.get(path, native_api.error_response)(error)
 
     # the first is innermost: the log sees every answer, 401s included; the key is checked before /health's gate
-    middlewares: list = [(HealthGate, {"admission": admission})]
+    middlewares: list[tuple[type, dict[str, object]]] = [(HealthGate, {"admission": admission})]
     if settings.api_key:
         key = settings.api_key.get_secret_value()
         middlewares.append((ApiKeyMiddleware, {"key": key, "open_paths": open_paths, "render_error": render_error}))
     middlewares.append((RequestLogMiddleware, {}))
     accelerator = resolve_device(settings.device)
-    server = WhisperServer(
+    supervisor = Supervisor(admission, settings.shutdown_grace)
+    server = SupervisedLitServer(
         api,
-        Supervisor(admission, settings.shutdown_grace),
+        watch=supervisor.watch,
+        on_shutdown=supervisor.stand_down,
         accelerator=accelerator,
         # LitServe runs every CPU worker on the one "cpu" device; the setting only picks GPUs
         devices=litserve_devices(settings.devices) if accelerator == "cuda" else 1,
         workers_per_device=settings.workers_per_device,
         timeout=settings.request_timeout,
-        model_metadata={"model": settings.model or "default"},
+        model_metadata={"model": model_name},
         middlewares=middlewares,
     )
 
@@ -92,8 +79,9 @@ def build_server(settings: Settings) -> WhisperServer:
         return Response(body, media_type=content_type)
 
     server.app.add_api_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
-    server.app.openapi = describe_uploads(server.app, open_paths if settings.api_key else None)
-    return server
+    forms = {route.path: route.form for route in ROUTES}
+    server.app.openapi = describe_uploads(server.app, forms, open_paths if settings.api_key else None)
+    return server, supervisor
 
 
 def main() -> None:
@@ -104,8 +92,8 @@ def main() -> None:
     )
     request_log.configure(settings.log_level)
     metrics.clear_multiprocess_dir()
-    server = build_server(settings)
-    server.supervisor.install_signal_handler()
+    server, supervisor = build_server(settings)
+    supervisor.install_signal_handler()
     server.run(
         host=settings.host,
         port=settings.port,
@@ -114,4 +102,4 @@ def main() -> None:
         # one JSON line per request comes from RequestLogMiddleware instead
         access_log=False,
     )
-    raise SystemExit(server.supervisor.exit_code)
+    raise SystemExit(supervisor.exit_code)

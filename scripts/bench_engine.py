@@ -8,15 +8,13 @@ figures are the ceiling the service's batches can reach. Run by scripts/bench.py
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -81,21 +79,6 @@ def measure(engine: Transcriber, jobs: list[AudioJob], repeats: int) -> dict:
     }
 
 
-def unoptimised_decoder(model: torch.nn.Module, capacity: int, gpu_share: float = 1.0) -> cuda_decoding.BatchDecoder:
-    """batch_decoder as it was: whisper.decode at any size (it sizes nothing to memory)."""
-    return cuda_decoding.WhisperDecoder(model, capacity)
-
-
-@contextlib.contextmanager
-def unoptimised(cast_once: bool) -> Iterator[None]:
-    """Build Transcribers as the engine was before these optimisations: whisper.decode, fp32 weights."""
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(cuda_decoding, "batch_decoder", unoptimised_decoder))
-        if not cast_once:
-            stack.enter_context(mock.patch("app.worker.precision.cast_to_fp16", lambda model: model))
-        yield
-
-
 def greedy_options(model: torch.nn.Module) -> DecodingOptions:
     return DecodingOptions(language="en", fp16=True, **synthetic.decoding_overrides(model))
 
@@ -150,8 +133,10 @@ def reference(model_spec: str, audio: np.ndarray, cast_once: bool) -> list[dict]
     """The engine before these optimisations, at the batch sizes of REFERENCE_BATCHES."""
     settings = load_settings()
     model = load_model(model_spec, "cuda", settings.model_cache_dir, settings.synthetic_tokens)
-    with unoptimised(cast_once):
-        engine = Transcriber(model, max(REFERENCE_BATCHES))
+    # the engine as it was: whisper.decode at any size, and fp32 weights unless cast once
+    capacity = max(REFERENCE_BATCHES)
+    decoder = cuda_decoding.WhisperDecoder(model, capacity)
+    engine = Transcriber(model, capacity, decoder=decoder, cast_weights=cast_once)
     return [measure(engine, windows(audio, b), 1) for b in REFERENCE_BATCHES]
 
 

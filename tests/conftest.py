@@ -17,6 +17,15 @@ from app.worker import ctranslate2_import
 from tests.speech import SENTENCES, convert, long_speech, speak
 
 SPEECH_TEXT = "hello world, this is a test"
+# every test carries the marker of its tier (its folder), so `pytest -m unit` runs the fast tier alone
+TIERS = ("unit", "integration", "hardening", "deploy")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = item.path.relative_to(Path(__file__).parent).parts[0]
+        if tier in TIERS:
+            item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")

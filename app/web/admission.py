@@ -14,7 +14,8 @@ from enum import IntEnum
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import Reason, RequestError
+from app.contract import Reason
+from app.web.errors import RequestError
 
 HEALTH_PATH = "/health"
 
@@ -50,7 +51,7 @@ class Admission:
         self._held = multiprocessing.Value("i", 0)
         self._phase = multiprocessing.Value("i", Phase.SERVING, lock=False)
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, object]:
         # shared memory made for forked children cannot be pickled into a spawned worker, which needs none
         return {"max_held": self.max_held, "_held": None, "_phase": None}
 

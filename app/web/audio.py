@@ -17,9 +17,9 @@ import ffmpeg
 import numpy as np
 from whisper.audio import SAMPLE_RATE
 
-from app.errors import Reason, RequestError
+from app.contract import WAVEFORM_DTYPE, Reason
+from app.web.errors import RequestError
 
-WAVEFORM_DTYPE = np.float32
 BYTES_PER_SAMPLE = np.dtype(WAVEFORM_DTYPE).itemsize
 # ffmpeg's wording when the container holds no audio stream to decode
 NO_AUDIO_MARKERS = ("does not contain any stream", "matches no streams", "no audio")
@@ -100,7 +100,7 @@ def too_slow(timeout: float) -> RequestError:
 
 def _seconds(value: object) -> float | None:
     try:
-        return float(value)
+        return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None  # ffprobe writes "N/A", or leaves the entry out, where it cannot tell
 
@@ -171,6 +171,8 @@ async def decode_upload(source: Path, destination: Path, timeout: float, max_sec
         raise too_long(probe.duration, max_seconds)
     max_bytes = max_seconds * SAMPLE_RATE * BYTES_PER_SAMPLE
     async with running(ffmpeg_decode_command(source)) as process:
+        # both pipes exist: running() asks for them
+        assert process.stdout is not None and process.stderr is not None
         complaints = asyncio.ensure_future(process.stderr.read())
         try:
             written = await asyncio.wait_for(copy_to_file(process.stdout, destination, max_bytes), timeout)
@@ -191,8 +193,3 @@ async def decode_upload(source: Path, destination: Path, timeout: float, max_sec
             f"the audio is {seconds:.3f} s long; the shortest this server transcribes is {MIN_AUDIO_SECONDS:g} s",
         )
     return seconds
-
-
-def load_waveform(path: Path) -> np.ndarray:
-    """Read a waveform written by `decode_upload`."""
-    return np.fromfile(path, dtype=WAVEFORM_DTYPE)

@@ -1,15 +1,21 @@
-"""Rendering a transcript as json, verbose_json, text, srt, vtt or tsv: every wire format in one place.
+"""Rendering a transcript in every response format, one writer per format, shared by both wire protocols.
 
 SRT writes a comma before milliseconds, VTT a dot and a WEBVTT header; both always carry hours.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from fastapi import Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from whisper.tokenizer import LANGUAGES
 from whisper.utils import format_timestamp
 
-from app.worker.segments import Segment, Transcript
+from app.contract import Segment, Transcript
 
+# /transcribe's own default: {"transcription", "language", "duration", "segments"}
+TRANSCRIPTION_JSON = "transcription_json"
 TEXT_FORMATS = ("text", "srt", "vtt", "tsv")
 JSON_FORMATS = ("json", "verbose_json")
 RESPONSE_FORMATS = (*JSON_FORMATS, *TEXT_FORMATS)
@@ -55,7 +61,7 @@ def to_tsv(transcript: Transcript) -> str:
     return "start\tend\ttext\n" + "".join(row + "\n" for row in rows)
 
 
-RENDER_TEXT = {"text": to_text, "srt": to_srt, "vtt": to_vtt, "tsv": to_tsv}
+TEXT_WRITERS: dict[str, Callable[[Transcript], str]] = {"text": to_text, "srt": to_srt, "vtt": to_vtt, "tsv": to_tsv}
 
 
 def language_name(code: str) -> str:
@@ -63,8 +69,8 @@ def language_name(code: str) -> str:
     return LANGUAGES.get(code, code)
 
 
-def verbose_json(transcript: Transcript, task: str, include_words: bool) -> dict:
-    body: dict = {
+def verbose_json(transcript: Transcript, task: str, include_words: bool) -> dict[str, object]:
+    body: dict[str, object] = {
         "task": task,
         "language": language_name(transcript.language),
         "duration": transcript.duration,
@@ -90,3 +96,36 @@ def verbose_json(transcript: Transcript, task: str, include_words: bool) -> dict
             {"word": w.word.strip(), "start": w.start, "end": w.end} for s in transcript.segments for w in s.words
         ]
     return body
+
+
+def transcription_json(transcript: Transcript, include_words: bool) -> dict[str, object]:
+    """The default /transcribe response; words appear inside segments when asked for."""
+
+    def segment(s: Segment) -> dict[str, object]:
+        body: dict[str, object] = {"start": s.start, "end": s.end, "text": s.text.strip()}
+        if include_words:
+            body["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end} for w in s.words]
+        return body
+
+    return {
+        "transcription": transcript.text,
+        "language": transcript.language,
+        "duration": transcript.duration,
+        "segments": [segment(s) for s in transcript.segments],
+    }
+
+
+Writer = Callable[[Transcript, str, bool], Response]
+
+
+def text_writer(write: Callable[[Transcript], str], media_type: str) -> Writer:
+    return lambda transcript, task, include_words: PlainTextResponse(write(transcript), media_type=media_type)
+
+
+# one writer per response format: (transcript, task, include_words) -> response; both protocols use them
+WRITERS: dict[str, Writer] = {
+    TRANSCRIPTION_JSON: lambda transcript, task, words: JSONResponse(transcription_json(transcript, words)),
+    "json": lambda transcript, task, words: JSONResponse({"text": transcript.text}),
+    "verbose_json": lambda transcript, task, words: JSONResponse(verbose_json(transcript, task, words)),
+    **{name: text_writer(write, MEDIA_TYPES[name]) for name, write in TEXT_WRITERS.items()},
+}

@@ -1,80 +1,275 @@
-"""Form fields shared by every upload route, and the `Plan` each route hands to the upload lifecycle.
+"""The text fields of every upload route as typed models: validation, defaults and OpenAPI from one class each.
 
-Each parser raises RequestError naming the field, so both wire protocols report bad options alike.
+A field at fault raises RequestError naming it, so both wire protocols report bad options alike; the
+audio part itself is streamed by app/web/uploads.py, never held here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar
 
-from fastapi import Response
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
-from app.errors import ItemError, Reason, RequestError
-from app.worker.engine import LanguageDetection, LanguageGuess, TranscriptionOptions
-from app.worker.segments import Transcript
+from app.contract import TASKS, LanguageDetection, Reason, TranscriptionOptions, Work
+from app.web.errors import RequestError
+from app.web.formats import RESPONSE_FORMATS, TRANSCRIPTION_JSON
+from app.web.uploads import Upload
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a route asks of the model worker, and how it turns the worker's answer into a response."""
-
-    work: TranscriptionOptions | LanguageDetection
-    render: Callable[[Transcript | LanguageGuess], Response]
-
-
-ErrorRenderer = Callable[[ItemError], Response]
+# the name OpenAI clients send; any of them maps to the one model this service has loaded
+OPENAI_MODEL_NAME = "whisper-1"
+GRANULARITIES = ("segment", "word")
+# the validation context key holding the model names a request may ask for
+SERVED = "served"
 
 
 def bad_option(param: str, message: str) -> RequestError:
     return RequestError(Reason.BAD_OPTION, message, param=param)
 
 
-def language_field(fields: Mapping[str, str], name: str = "language") -> str | None:
+def _text(value: object) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _language(value: object, info: ValidationInfo) -> str | None:
     """An ISO code ("en") or English name ("english"); empty means detect."""
-    value = (fields.get(name) or "").strip().lower()
-    if not value:
+    name = _text(value).lower()
+    if not name:
         return None
-    code = TO_LANGUAGE_CODE.get(value, value)
+    code = TO_LANGUAGE_CODE.get(name, name)
     if code not in LANGUAGES:
-        raise bad_option(name, f"{name} must be an ISO-639-1 code such as 'en', not {value!r}")
+        field = str(info.field_name)
+        raise bad_option(field, f"{field} must be an ISO-639-1 code such as 'en', not {name!r}")
     return code
 
 
-def temperature_field(fields: Mapping[str, str], name: str = "temperature") -> float | None:
-    value = (fields.get(name) or "").strip()
-    if not value:
+def _temperature(value: object, info: ValidationInfo) -> float | None:
+    text = _text(value)
+    if not text:
         return None
     try:
-        temperature = float(value)
+        temperature = float(text)
     except ValueError:
-        raise bad_option(name, f"{name} must be a number between 0 and 1, not {value!r}") from None
+        raise bad_option("temperature", f"temperature must be a number between 0 and 1, not {text!r}") from None
     if not 0.0 <= temperature <= 1.0:
-        raise bad_option(name, f"{name} must be between 0 and 1, not {temperature:g}")
+        raise bad_option("temperature", f"temperature must be between 0 and 1, not {temperature:g}")
     return temperature
 
 
-def boolean_field(fields: Mapping[str, str], name: str) -> bool:
-    value = (fields.get(name) or "").strip().lower()
-    if value not in TRUE_WORDS + FALSE_WORDS:
-        raise bad_option(name, f"{name} must be true or false, not {value!r}")
-    return value in TRUE_WORDS
+def _boolean(value: object, info: ValidationInfo) -> bool:
+    word = _text(value).lower()
+    if word not in TRUE_WORDS + FALSE_WORDS:
+        raise bad_option(str(info.field_name), f"{info.field_name} must be true or false, not {word!r}")
+    return word in TRUE_WORDS
 
 
-def choice_field(fields: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
-    value = (fields.get(name) or "").strip() or default
-    if value not in choices:
-        raise bad_option(name, f"{name} must be one of {', '.join(choices)}, not {value!r}")
-    return value
+def _optional_text(value: object) -> str | None:
+    return _text(value) or None
 
 
-def prompt_field(fields: Mapping[str, str], *names: str) -> str | None:
-    """The first non-empty of `names` (routes accept historical aliases such as initial_prompt)."""
-    for name in names:
-        if value := (fields.get(name) or "").strip():
-            return value
-    return None
+def one_of(choices: Sequence[str], default: str) -> BeforeValidator:
+    """A field that takes one of `choices` (empty means `default`), refused with a message that lists them."""
+
+    def validate(value: object, info: ValidationInfo) -> str:
+        chosen = _text(value) or default
+        if chosen not in choices:
+            field = str(info.field_name)
+            raise bad_option(field, f"{field} must be one of {', '.join(choices)}, not {chosen!r}")
+        return chosen
+
+    return BeforeValidator(validate)
+
+
+def enum_schema(choices: Sequence[str]) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "enum": list(choices)})
+
+
+Language = Annotated[
+    str | None,
+    BeforeValidator(_language),
+    WithJsonSchema({"type": "string", "description": "ISO-639-1 code such as 'en' or a name; empty detects it"}),
+]
+Prompt = Annotated[
+    str | None,
+    BeforeValidator(_optional_text),
+    WithJsonSchema({"type": "string", "description": "text that sets the style or vocabulary of the transcript"}),
+]
+Temperature = Annotated[
+    float | None,
+    BeforeValidator(_temperature),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1, "description": "0 or empty: greedy with fallback"}),
+]
+Flag = Annotated[bool, BeforeValidator(_boolean), WithJsonSchema({"type": "boolean"})]
+NATIVE_FORMATS = (TRANSCRIPTION_JSON, *RESPONSE_FORMATS)
+Task = Annotated[str, one_of(TASKS, "transcribe"), enum_schema(TASKS)]
+NativeFormat = Annotated[str, one_of(NATIVE_FORMATS, TRANSCRIPTION_JSON), enum_schema(NATIVE_FORMATS)]
+OpenAIFormat = Annotated[str, one_of(RESPONSE_FORMATS, "json"), enum_schema(RESPONSE_FORMATS)]
+
+
+class UploadForm(BaseModel):
+    """The text fields of one route's multipart form; unknown fields are ignored, as OpenAI's API does."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    @classmethod
+    def from_upload(cls, upload: Upload, served: Sequence[str] = ()) -> UploadForm:
+        """Validate the form's text fields; raises RequestError naming the field at fault."""
+        fields: dict[str, object] = {**upload.fields, **{f"{name}[]": values for name, values in upload.lists.items()}}
+        try:
+            return cls.model_validate(fields, context={SERVED: tuple(served)})
+        except ValidationError as error:
+            problem = error.errors()[0]
+            param = str(problem["loc"][0]) if problem["loc"] else None
+            raise RequestError(Reason.BAD_OPTION, f"{param}: {problem['msg']}", param) from None
+
+    @property
+    def work(self) -> Work:
+        return TranscriptionOptions()
+
+    @property
+    def include_words(self) -> bool:
+        """Whether the response lists words (they are timed only when asked for)."""
+        return False
+
+    @property
+    def output_format(self) -> str:
+        """The response format a transcript is rendered in."""
+        return TRANSCRIPTION_JSON
+
+
+class NativeTranscribeForm(UploadForm):
+    """POST /transcribe: this service's own fields, with the names whisper-asr-webservice clients send."""
+
+    language: Language = None
+    task: Task = "transcribe"
+    prompt: Prompt = None
+    initial_prompt: Prompt = Field(None, description="another name for prompt")
+    temperature: Temperature = None
+    word_timestamps: Flag = False
+    response_format: NativeFormat = TRANSCRIPTION_JSON
+    output: Prompt = Field(None, description="another name for response_format")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _output_alias(cls, fields: Any) -> Any:
+        # "output" is whisper-asr-webservice's name for response_format; the first non-empty of the two wins
+        if isinstance(fields, dict) and not _text(fields.get("response_format")) and _text(fields.get("output")):
+            return {**fields, "response_format": fields["output"]}
+        return fields
+
+    @property
+    def output_format(self) -> str:
+        return self.response_format
+
+    @property
+    def work(self) -> Work:
+        return TranscriptionOptions(
+            language=self.language,
+            task=self.task,
+            prompt=self.prompt or self.initial_prompt,
+            temperature=self.temperature,
+            word_timestamps=self.word_timestamps,
+        )
+
+    @property
+    def include_words(self) -> bool:
+        return self.word_timestamps
+
+
+class DetectLanguageForm(UploadForm):
+    """POST /detect-language: the file alone."""
+
+    @property
+    def work(self) -> Work:
+        return LanguageDetection()
+
+
+def _model_name(value: object, info: ValidationInfo) -> str:
+    name = _text(value)
+    if not name:
+        raise bad_option("model", "you must provide a model parameter")
+    served: tuple[str, ...] = (info.context or {}).get(SERVED, ())
+    if name not in served:
+        message = f"model {name!r} is not served here; use one of: {', '.join(served)}"
+        raise RequestError(Reason.UNKNOWN_MODEL, message, "model")
+    return name
+
+
+ModelName = Annotated[
+    str,
+    BeforeValidator(_model_name),
+    WithJsonSchema({"type": "string", "description": f"'{OPENAI_MODEL_NAME}' or the served model's name"}),
+]
+
+
+def _granularities(value: object) -> tuple[str, ...]:
+    asked = tuple(value) if isinstance(value, list | tuple) else ()
+    if unknown := set(asked) - set(GRANULARITIES):
+        raise bad_option(
+            "timestamp_granularities", f"timestamp_granularities must be among segment, word, not {sorted(unknown)}"
+        )
+    return asked or ("segment",)
+
+
+Granularities = Annotated[
+    tuple[str, ...],
+    BeforeValidator(_granularities),
+    WithJsonSchema({"type": "array", "items": {"type": "string", "enum": list(GRANULARITIES)}}),
+]
+
+
+class OpenAITranslationForm(UploadForm):
+    """POST /v1/audio/translations, as OpenAI's reference describes it."""
+
+    TASK: ClassVar[str] = "translate"
+    # validated even when absent, so a missing model gets OpenAI's own wording
+    model: ModelName = Field("", validate_default=True)
+    prompt: Prompt = None
+    response_format: OpenAIFormat = "json"
+    temperature: Temperature = None
+
+    @property
+    def output_format(self) -> str:
+        return self.response_format
+
+    @property
+    def work(self) -> Work:
+        return TranscriptionOptions(task=self.TASK, prompt=self.prompt, temperature=self.temperature)
+
+
+class OpenAITranscriptionForm(OpenAITranslationForm):
+    """POST /v1/audio/transcriptions, as OpenAI's reference describes it."""
+
+    TASK: ClassVar[str] = "transcribe"
+    language: Language = None
+    timestamp_granularities: Granularities = Field(("segment",), alias="timestamp_granularities[]")
+
+    def model_post_init(self, context: Any) -> None:
+        if "word" in self.timestamp_granularities and self.response_format != "verbose_json":
+            raise bad_option("timestamp_granularities", "timestamp_granularities requires response_format=verbose_json")
+
+    @property
+    def include_words(self) -> bool:
+        return "word" in self.timestamp_granularities
+
+    @property
+    def work(self) -> Work:
+        return TranscriptionOptions(
+            language=self.language,
+            task=self.TASK,
+            prompt=self.prompt,
+            temperature=self.temperature,
+            word_timestamps=self.include_words,
+        )

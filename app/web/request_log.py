@@ -18,6 +18,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.contract import WorkerTiming
+
 REQUEST_ID_HEADER = "X-Request-ID"
 # a client's own id is kept when it is this tame; anything else is replaced, so logs stay parseable
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -26,23 +28,6 @@ QUIET_PATHS = frozenset({"/health", "/metrics"})
 STATE_KEY = "request_record"
 
 log = logging.getLogger("app.requests")
-
-
-@dataclass(frozen=True)
-class WorkerTiming:
-    """What only the model worker knows about one request's model pass, sent back beside its outcome."""
-
-    started_at: float  # time.monotonic() as the pass began; system-wide on Linux, so comparable across processes
-    inference_seconds: float
-    batch_size: int
-
-
-@dataclass(frozen=True)
-class Reported:
-    """A worker's outcome for one request, with the timing of the pass that produced it."""
-
-    outcome: object
-    timing: WorkerTiming
 
 
 @dataclass

@@ -1,120 +1,108 @@
 """The HTTP side: every upload route, run in LitServe's API server processes, and their one lifecycle.
 
-A LitSpec lets us own the route: the upload streams to the tmpfs and is decoded by ffmpeg here,
-in parallel across requests, and only a path and options cross the queue to the model worker.
+A request is first prepared (admitted, received onto the tmpfs, its form validated, decoded by ffmpeg here,
+in parallel across requests), then awaited (submitted to the model worker through WorkerClient, waited
+for, rendered). Only a waveform path and options cross the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import time
-import uuid
-from collections.abc import Awaitable, Callable
-from functools import partial
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
-import torch
 from fastapi import Request, Response
-from litserve.specs.base import LitSpec
-from litserve.utils import LitAPIStatus, ResponseBufferItem
 
 from app import metrics
 from app.config import Settings
-from app.errors import RETRY_AFTER_SECONDS, ItemError, Reason, RequestError
+from app.contract import ItemError, LanguageGuess, QueuedJob, Reason, Transcript, TranscriptionOptions
+from app.litserve_adapter import RoutesSpec, WorkerClient
 from app.web import native_api, openai_api
 from app.web.admission import Admission
 from app.web.audio import decode_upload
-from app.web.forms import ErrorRenderer, Plan
-from app.web.native_api import DETECT_LANGUAGE_PATH, TRANSCRIBE_PATH
-from app.web.openai_api import OPENAI_MODEL_NAME, TRANSCRIPTIONS_PATH, TRANSLATIONS_PATH
-from app.web.request_log import Reported, RequestRecord, record_of
-from app.web.uploads import RequestFiles, Upload, receive_upload
-from app.worker.litapi import Outcome, QueuedRequest
-from app.worker.loading import default_model_spec, model_display_name
+from app.web.errors import RequestError, retry_after
+from app.web.formats import WRITERS
+from app.web.forms import (
+    OPENAI_MODEL_NAME,
+    DetectLanguageForm,
+    NativeTranscribeForm,
+    OpenAITranscriptionForm,
+    OpenAITranslationForm,
+    UploadForm,
+)
+from app.web.request_log import RequestRecord, record_of
+from app.web.uploads import RequestFiles, receive_upload
 
 log = logging.getLogger(__name__)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+ErrorRenderer = Callable[[ItemError], Response]
 STORAGE_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# how often a request waiting for the model worker looks whether the service still lets it wait
-PHASE_POLL_SECONDS = 0.2
 
 
-def served_model_names(settings: Settings) -> tuple[str, ...]:
-    """Names a client may ask for: OpenAI's alias and the loaded model's own name."""
-    spec = settings.model or default_model_spec(torch.cuda.is_available())
-    return (OPENAI_MODEL_NAME, model_display_name(spec))
+@dataclass(frozen=True)
+class Route:
+    """One upload route: the form it takes and the shape its errors answer in."""
+
+    path: str
+    form: type[UploadForm]
+    render_error: ErrorRenderer
 
 
-class TranscriptionRoutes(LitSpec):
+ROUTES = (
+    Route(native_api.TRANSCRIBE_PATH, NativeTranscribeForm, native_api.error_response),
+    Route(native_api.DETECT_LANGUAGE_PATH, DetectLanguageForm, native_api.error_response),
+    Route(openai_api.TRANSCRIPTIONS_PATH, OpenAITranscriptionForm, openai_api.error_response),
+    Route(openai_api.TRANSLATIONS_PATH, OpenAITranslationForm, openai_api.error_response),
+)
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A request ready for the model worker: its decoded waveform on the tmpfs, and what it asked for."""
+
+    form: UploadForm
+    job: QueuedJob
+
+
+def render(form: UploadForm, outcome: Transcript | LanguageGuess) -> Response:
+    if isinstance(outcome, LanguageGuess):
+        return native_api.language_response(outcome)
+    task = form.work.task if isinstance(form.work, TranscriptionOptions) else "transcribe"
+    return WRITERS[form.output_format](outcome, task, form.include_words)
+
+
+class TranscriptionRoutes(RoutesSpec):
     """Routes that receive uploads and hand decoded waveforms to WhisperLitAPI's batches."""
 
-    def __init__(self, settings: Settings, admission: Admission) -> None:
+    def __init__(self, settings: Settings, admission: Admission, model_name: str) -> None:
         super().__init__()
         self.settings = settings
         self.admission = admission
-        self.api_path = TRANSCRIBE_PATH
-        served = served_model_names(settings)
-        routes = {
-            TRANSCRIBE_PATH: (native_api.transcribe_plan, native_api.error_response),
-            DETECT_LANGUAGE_PATH: (native_api.detect_language_plan, native_api.error_response),
-            TRANSCRIPTIONS_PATH: (
-                partial(openai_api.plan, task="transcribe", served=served),
-                openai_api.error_response,
-            ),
-            TRANSLATIONS_PATH: (partial(openai_api.plan, task="translate", served=served), openai_api.error_response),
-        }
-        for path, (plan, render_error) in routes.items():
-            self.add_endpoint(path, self.endpoint(path, plan, render_error), ["POST"])
+        self.api_path = native_api.TRANSCRIBE_PATH
+        # names a client may ask for: OpenAI's alias and the loaded model's own name
+        self.served_models: Sequence[str] = (OPENAI_MODEL_NAME, model_name)
+        self.worker_client = WorkerClient(self, settings.request_timeout)
+        for route in ROUTES:
+            self.add_endpoint(route.path, self.endpoint(route), ["POST"])
         # refusals made before a route runs (a missing API key) answer in that route's own error shape
-        self.error_renderers: dict[str, ErrorRenderer] = {path: render for path, (_, render) in routes.items()}
+        self.error_renderers: dict[str, ErrorRenderer] = {route.path: route.render_error for route in ROUTES}
         self._decode_slots: asyncio.Semaphore | None = None
 
-    def endpoint(self, route: str, plan: Callable[[Upload], Plan], render_error: ErrorRenderer) -> Endpoint:
+    def endpoint(self, route: Route) -> Endpoint:
         async def receive(request: Request) -> Response:
-            return await self.handle(request, route, plan, render_error)
+            return await self.handle(request, route)
 
         return receive
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, object]:
         state = super().__getstate__()
-        # the event-loop semaphore and the route closures live in HTTP processes; workers need neither
+        # the event-loop semaphore lives in HTTP processes; workers need none
         state["_decode_slots"] = None
-        state["_endpoints"] = []
         return state
-
-    async def submit(self, request: QueuedRequest, arrived_at: float, record: RequestRecord) -> Outcome:
-        """Queue one decoded request for the model worker and wait for its own result.
-
-        The wait ends with 503 as soon as the service may no longer wait (a worker died, a drain ran out).
-        """
-        uid = uuid.uuid4()
-        event = asyncio.Event()
-        self.response_buffer[uid] = ResponseBufferItem(event=event)
-        # stamped with the arrival time, so a worker drops the item once the whole request is out of time
-        self.request_queue.put((self.response_queue_id, uid, arrived_at, request))
-        try:
-            while not event.is_set():
-                self.admission.refuse_unless_serving(waiting=True)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(event.wait(), PHASE_POLL_SECONDS)
-            response, status = self.response_buffer[uid].response
-        finally:
-            self.response_buffer.pop(uid, None)
-        if status == LitAPIStatus.ERROR:
-            if getattr(response, "status_code", None) == 504:
-                return ItemError(
-                    Reason.TIMEOUT,
-                    f"no model worker was free within {self.settings.request_timeout:g} s",
-                )
-            log.error("model worker failed a whole batch: %r", response)
-            return ItemError(Reason.INFERENCE_FAILED, "inference failed")
-        if isinstance(response, Reported):
-            record.add_timing(response.timing, request.submitted_at)
-            return response.outcome
-        return response
 
     async def decode(self, files: RequestFiles, record: RequestRecord) -> None:
         """Probe and decode the upload into its waveform file, then delete the upload."""
@@ -130,10 +118,29 @@ class TranscriptionRoutes(LitSpec):
         record.decode_ms = round(elapsed * 1000, 1)
         files.upload.unlink()
 
-    async def handle(
-        self, request: Request, route: str, plan: Callable[[Upload], Plan], render_error: ErrorRenderer
-    ) -> Response:
-        """The life of one upload: admit, receive, validate, probe and decode, queue, answer.
+    async def prepare(self, request: Request, route: Route, files: RequestFiles, record: RequestRecord) -> PreparedJob:
+        """Receive the upload, validate its form and decode its audio; raises RequestError for the client's faults."""
+        upload = await receive_upload(request, files.upload, int(self.settings.max_upload_mb * 1e6))
+        record.upload_bytes = upload.file_size
+        form = route.form.from_upload(upload, self.served_models)
+        await self.decode(files, record)
+        return PreparedJob(form, QueuedJob(str(files.waveform), form.work, time.monotonic()))
+
+    async def await_outcome(
+        self, prepared: PreparedJob, arrived_at: float, record: RequestRecord
+    ) -> Response | ItemError:
+        """Submit the job to the model workers, wait for its own answer and render it."""
+        answer = await self.worker_client.run(
+            prepared.job, arrived_at, keep_waiting=lambda: self.admission.refuse_unless_serving(waiting=True)
+        )
+        if isinstance(answer, ItemError):
+            return answer
+        record.add_timing(answer.timing, prepared.job.submitted_at)
+        outcome = answer.outcome
+        return outcome if isinstance(outcome, ItemError) else render(prepared.form, outcome)
+
+    async def handle(self, request: Request, route: Route) -> Response:
+        """The life of one upload: prepare it, await its outcome, answer.
 
         Temp files are always removed, and all of it happens within WHISPER_REQUEST_TIMEOUT of arrival.
         """
@@ -142,14 +149,8 @@ class TranscriptionRoutes(LitSpec):
         timeout = self.settings.request_timeout
 
         async def serve() -> Response | ItemError:
-            upload = await receive_upload(request, files.upload, int(self.settings.max_upload_mb * 1e6))
-            record.upload_bytes = upload.file_size
-            planned = plan(upload)
-            await self.decode(files, record)
-            outcome = await self.submit(
-                QueuedRequest(str(files.waveform), planned.work, time.monotonic()), started, record
-            )
-            return outcome if isinstance(outcome, ItemError) else planned.render(outcome)
+            prepared = await self.prepare(request, route, files, record)
+            return await self.await_outcome(prepared, started, record)
 
         metrics.IN_FLIGHT.inc()
         files = RequestFiles.create(self.settings.tmp_dir)
@@ -171,11 +172,11 @@ class TranscriptionRoutes(LitSpec):
         if isinstance(result, ItemError):
             metrics.ERRORS.labels(result.reason.value).inc()
             record.reason = result.reason.value
-            response = render_error(result)
-            if result.reason in RETRY_AFTER_SECONDS:
-                response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS[result.reason])
+            response = route.render_error(result)
+            if (seconds := retry_after(result)) is not None:
+                response.headers["Retry-After"] = str(seconds)
         else:
             response = result
-        metrics.REQUESTS.labels(route, str(response.status_code)).inc()
-        metrics.REQUEST_SECONDS.labels(route).observe(time.monotonic() - started)
+        metrics.REQUESTS.labels(route.path, str(response.status_code)).inc()
+        metrics.REQUEST_SECONDS.labels(route.path).observe(time.monotonic() - started)
         return response

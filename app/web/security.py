@@ -13,7 +13,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import ItemError, Reason
+from app.contract import ItemError, Reason
 
 BEARER_PREFIX = "bearer "
 REFUSAL = ItemError(

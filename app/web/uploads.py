@@ -18,7 +18,8 @@ from typing import BinaryIO
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import Reason, RequestError
+from app.contract import Reason
+from app.web.errors import RequestError
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ async def receive_upload(request: Request, destination: Path, max_bytes: int) ->
     with destination.open("wb") as audio:
         receiver = _FormReceiver(audio)
         callbacks = {name: getattr(receiver, name) for name in dir(receiver) if name.startswith("on_")}
-        parser = MultipartParser(params[b"boundary"], callbacks)
+        parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
         try:
             async for chunk in request.stream():
                 received += len(chunk)

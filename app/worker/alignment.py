@@ -14,7 +14,7 @@ from whisper.model import Whisper
 from whisper.timing import add_word_timestamps
 from whisper.tokenizer import Tokenizer
 
-from app.worker.segments import Segment, Word
+from app.contract import Segment, Word
 from app.worker.windows import Window
 
 

@@ -40,8 +40,9 @@ BUCKET_STEP = 16
 FINISHED_CHECK_STEPS = 4
 # share of the GPU memory free after loading the model that one worker's windows may take
 MEMORY_FRACTION = 0.9
-# windows the engine encodes at once: the encoder runs as fast per window at 16 as at 256 (measured),
-# and its activations, unlike the decoder's caches, need not grow with the pass
+# windows the engine encodes at once: the encoder runs as fast per window at 16 as at 256 (benchmarks/README.md
+# "Figures behind the engine's constants"), and its activations, unlike the decoder's caches, need not
+# grow with the pass
 ENCODER_WINDOWS = 32
 # encoder activations of one window, in units of one (n_audio_ctx, n_audio_state) float16 tensor:
 # the 4x MLP hidden layer, float32 LayerNorm copies, residuals
@@ -49,7 +50,7 @@ ENCODER_ACTIVATION_COPIES = 24
 # encoder features a pass holds per window: the engine's, their concatenation, the decoder's input
 FEATURE_COPIES = 3
 # the captured graphs' private memory pool, in the same units: the prefill's temporaries stay in it
-# (measured on an H100: 3.6 GB for a capacity of about 170 windows, 7 units a window)
+# (7 units a window as measured: benchmarks/README.md "Figures behind the engine's constants")
 GRAPH_POOL_COPIES = 8
 
 
@@ -222,12 +223,12 @@ class GraphedGreedyDecoder:
         self.query_heads = self._heads(self.query)
         self.attended_heads = self._heads(self.attended)
         self.sampled = zeros(1, dtype=torch.long)
-        self.finished = zeros((), dtype=torch.bool)
+        self.finished = torch.zeros((), dtype=torch.bool, device=model.device)
         self.plan_tensors: dict[GreedyPlan, _PlanTensors] = {}
-        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[object, ...], torch.cuda.CUDAGraph] = {}
         self.graph_pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         # one stream for every capture's warm-up run: a new stream per capture costs a driver call
-        self.capture_stream = torch.cuda.Stream(model.device) if self.use_graphs else None
+        self.capture_stream = torch.cuda.Stream(model.device) if self.use_graphs else None  # type: ignore[no-untyped-call]
 
     def __call__(
         self, features: Tensor, options: DecodingOptions, limits: Sequence[int] | None = None
@@ -284,7 +285,7 @@ class GraphedGreedyDecoder:
             torch.cuda.synchronize()
         return len(self.graphs) - before
 
-    def on_device(self) -> contextlib.AbstractContextManager:
+    def on_device(self) -> contextlib.AbstractContextManager[object]:
         """The model's GPU as the current one: captures and replays use the current device's streams,
         and a worker on cuda:1 would otherwise capture on cuda:0's stream while its kernels run on 1."""
         return torch.cuda.device(self.model.device) if self.use_graphs else contextlib.nullcontext()
@@ -365,7 +366,7 @@ class GraphedGreedyDecoder:
             )
         return self.plan_tensors[plan]
 
-    def _runner(self, key: tuple, work: Callable[[], None]) -> Callable[[], None]:
+    def _runner(self, key: tuple[object, ...], work: Callable[[], None]) -> Callable[[], None]:
         """What runs `work`: itself without graphs, else its graph's replay, captured on first use."""
         if not self.use_graphs:
             return work
@@ -390,6 +391,7 @@ class GraphedGreedyDecoder:
         ]  # fmt: skip
         saved = [tensor.clone() for tensor in state]
         side = self.capture_stream
+        assert side is not None, "graphs are captured only where use_graphs made the stream"
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             work()

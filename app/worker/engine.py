@@ -1,7 +1,7 @@
 """Batched transcription of waveforms: windows, log-mel, one encoder pass, batched decoding, stitching.
 
 Usable without HTTP: `Transcriber(model).transcribe_batch(jobs)` is what the server, tests and
-benchmarks all drive.
+benchmarks all drive. Its parts (the decoder, the window splitter) are given to it, not patched in.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -19,56 +19,34 @@ from whisper.decoding import DecodingOptions, DecodingResult, detect_language
 from whisper.model import Whisper
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
-from app.errors import ItemError, Reason
+from app.contract import (
+    TEMPERATURES,
+    ItemError,
+    LanguageDetection,
+    LanguageGuess,
+    Outcome,
+    PassStatistics,
+    Reason,
+    Segment,
+    Transcript,
+    TranscriptionOptions,
+)
 from app.worker import cuda_decoding, precision, synthetic
 from app.worker.alignment import add_words
-from app.worker.segments import Segment, Transcript, window_segments
-from app.worker.windows import split_waveform
+from app.worker.segments import window_segments
+from app.worker.windows import Window, split_waveform
 
 log = logging.getLogger(__name__)
 
-# openai-whisper transcribe()'s defaults, so a window falls back exactly when transcribe() would
-TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# openai-whisper transcribe()'s thresholds, so a window falls back exactly when transcribe() would
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOGPROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
-TASKS = ("transcribe", "translate")
 # languages listed by POST /detect-language
 LANGUAGE_CANDIDATES = 5
 
-
-@dataclass(frozen=True)
-class TranscriptionOptions:
-    """What one request asks of the model; requests with equal decoding options share one decode."""
-
-    # ISO code such as "en"; None detects it from the first 30 s
-    language: str | None = None
-    # "transcribe" keeps the spoken language, "translate" produces English
-    task: str = "transcribe"
-    # text that conditions every window of the request (names, spelling, style)
-    prompt: str | None = None
-    # None or 0: greedy with transcribe()'s fallback ladder; above 0: sample at exactly that temperature
-    temperature: float | None = None
-    # time each word by cross-attention alignment (one extra decoder pass per window)
-    word_timestamps: bool = False
-
-    @property
-    def temperatures(self) -> tuple[float, ...]:
-        return (self.temperature,) if self.temperature else TEMPERATURES
-
-
-@dataclass(frozen=True)
-class LanguageDetection:
-    """A request for the spoken language of the first 30 s, answered from the batch's encoder pass."""
-
-
-@dataclass(frozen=True)
-class LanguageGuess:
-    """The most likely language and the top candidates, as (code, probability) pairs."""
-
-    language: str
-    probability: float
-    candidates: tuple[tuple[str, float], ...]
+# cuts one request's waveform into windows of at most 30 s (the request's index goes into each window)
+WindowSplitter = Callable[[np.ndarray, int], list[Window]]
 
 
 @dataclass(frozen=True)
@@ -76,7 +54,21 @@ class AudioJob:
     """One request's waveform (16 kHz mono float32) and its options."""
 
     waveform: np.ndarray
-    options: TranscriptionOptions | LanguageDetection = TranscriptionOptions()
+    options: TranscriptionOptions | LanguageDetection = field(default_factory=TranscriptionOptions)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """One pass's outcomes, in the order of its jobs, and what the pass did."""
+
+    outcomes: list[Outcome]
+    statistics: PassStatistics
+
+
+def transcription_options(job: AudioJob) -> TranscriptionOptions:
+    if not isinstance(job.options, TranscriptionOptions):
+        raise TypeError(f"a transcription pass got {type(job.options).__name__}")
+    return job.options
 
 
 def log_mel_batch(windows: Sequence[np.ndarray], n_mels: int, device: torch.device) -> torch.Tensor:
@@ -120,18 +112,28 @@ class Transcriber:
     'Hello world.'
     """
 
-    def __init__(self, model: Whisper, max_windows_per_pass: int = 64, gpu_share: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: Whisper,
+        max_windows_per_pass: int = 64,
+        gpu_share: float = 1.0,
+        *,
+        decoder: cuda_decoding.BatchDecoder | None = None,
+        splitter: WindowSplitter = split_waveform,
+        cast_weights: bool = True,
+    ) -> None:
+        """`decoder` defaults to the device's best (graphed on CUDA, sized to `gpu_share` of its memory);
+        `cast_weights=False` keeps fp32 weights on CUDA, as whisper.decode's per-call casts expect."""
         self.model = model
         self.device = model.device
         self.fp16 = self.device.type == "cuda"
-        if self.fp16:
+        if self.fp16 and cast_weights:
             precision.cast_to_fp16(model)
-        # gpu_share: the part of the GPU's memory this engine may size its buffers to
-        self.decode = cuda_decoding.batch_decoder(model, max_windows_per_pass, gpu_share)
+        self.decode = decoder or cuda_decoding.batch_decoder(model, max_windows_per_pass, gpu_share)
+        self.split = splitter
         # on the GPU the decoder's buffers are sized to free memory: no pass may outgrow them
         self.max_windows_per_pass = self.decode.capacity
         self.decoding_overrides = synthetic.decoding_overrides(model)
-        self.last_window_count = 0
         # requests without a prompt all share one decoding plan (the language is not part of it)
         started = time.monotonic()
         graphs = self.decode.prepare(self.decoding_options("transcribe", "en", prompt=None))
@@ -166,16 +168,16 @@ class Transcriber:
             passes.append(self.model.encoder(mel))
         return torch.cat(passes)
 
-    def languages(self, jobs: Sequence[AudioJob], first_features: torch.Tensor) -> list[str]:
+    def languages(self, jobs: Sequence[TranscriptionOptions], first_features: torch.Tensor) -> list[str]:
         """Each job's language: asked for, the only one an English-only model knows, or detected."""
         if not self.model.is_multilingual:
             return ["en"] * len(jobs)
-        unknown = [i for i, job in enumerate(jobs) if job.options.language is None]
+        unknown = [i for i, job in enumerate(jobs) if job.language is None]
         detected: dict[int, str] = {}
         if unknown:
             _, probabilities = detect_language(self.model, first_features[unknown])
             detected = {i: max(p, key=p.get) for i, p in zip(unknown, probabilities, strict=True)}
-        return [job.options.language or detected[i] for i, job in enumerate(jobs)]
+        return [job.language or detected[i] for i, job in enumerate(jobs)]
 
     @torch.inference_mode()
     def decode_with_fallback(
@@ -206,18 +208,22 @@ class Transcriber:
 
     def transcribe_batch(self, jobs: Sequence[AudioJob]) -> list[Transcript]:
         """Transcribe every job with one encoder pass over all their windows and batched decodes."""
-        windows = [w for index, job in enumerate(jobs) for w in split_waveform(job.waveform, index)]
-        self.last_window_count = len(windows)
+        return self._transcribe(jobs)[0]
+
+    def _transcribe(self, jobs: Sequence[AudioJob]) -> tuple[list[Transcript], int]:
+        """The transcripts of `jobs`, and how many windows they took."""
+        windows = [w for index, job in enumerate(jobs) for w in self.split(job.waveform, index)]
         features = self.encode([jobs[w.request_index].waveform[w.start : w.end] for w in windows])
         first_window: dict[int, int] = {}
         for position, window in enumerate(windows):
             first_window.setdefault(window.request_index, position)
-        languages = self.languages(jobs, features[[first_window[i] for i in range(len(jobs))]])
+        asked = [transcription_options(job) for job in jobs]
+        languages = self.languages(asked, features[[first_window[i] for i in range(len(jobs))]])
 
         # windows of requests whose decoding options agree share one batched decode
-        groups: dict[tuple, list[int]] = defaultdict(list)
+        groups: dict[tuple[str, str, str | None, tuple[float, ...]], list[int]] = defaultdict(list)
         for position, window in enumerate(windows):
-            options = jobs[window.request_index].options
+            options = asked[window.request_index]
             key = (languages[window.request_index], options.task, options.prompt, options.temperatures)
             groups[key].append(position)
 
@@ -234,13 +240,13 @@ class Transcriber:
                 window = windows[position]
                 index = window.request_index
                 found = window_segments(result, window, tokenizer)
-                if jobs[index].options.word_timestamps:
+                if asked[index].word_timestamps:
                     found, last_speech[index] = add_words(
                         self.model, tokenizer, window, features[position], found, last_speech[index]
                     )
                 segments[index].extend(found)
 
-        return [
+        transcripts = [
             Transcript(
                 text="".join(s.text for s in job_segments).strip(),
                 language=language,
@@ -249,6 +255,7 @@ class Transcriber:
             )
             for job, language, job_segments in zip(jobs, languages, segments, strict=True)
         ]
+        return transcripts, len(windows)
 
     def detect_languages(self, waveforms: Sequence[np.ndarray]) -> list[LanguageGuess]:
         """The language of each waveform's first 30 s, from one batched encoder pass."""
@@ -263,37 +270,41 @@ class Transcriber:
             guesses.append(LanguageGuess(ranked[0][0], ranked[0][1], tuple(ranked)))
         return guesses
 
-    def run_batch(self, jobs: Sequence[AudioJob]) -> list[Transcript | LanguageGuess]:
+    def run_batch(self, jobs: Sequence[AudioJob]) -> PassResult:
         """Answer a mixed batch: transcriptions and language detections, each kind in one pass."""
-        results: list[Transcript | LanguageGuess | None] = [None] * len(jobs)
+        outcomes: list[Outcome | None] = [None] * len(jobs)
         transcribe = [i for i, job in enumerate(jobs) if isinstance(job.options, TranscriptionOptions)]
         detect = [i for i, job in enumerate(jobs) if isinstance(job.options, LanguageDetection)]
+        windows = 0
         if transcribe:
-            for i, transcript in zip(transcribe, self.transcribe_batch([jobs[i] for i in transcribe]), strict=True):
-                results[i] = transcript
+            transcripts, windows = self._transcribe([jobs[i] for i in transcribe])
+            for i, transcript in zip(transcribe, transcripts, strict=True):
+                outcomes[i] = transcript
         if detect:
             for i, guess in zip(detect, self.detect_languages([jobs[i].waveform for i in detect]), strict=True):
-                results[i] = guess
-        return results
+                outcomes[i] = guess
+        audio_seconds = sum(len(job.waveform) for job in jobs) / SAMPLE_RATE
+        return PassResult(
+            [outcome for outcome in outcomes if outcome is not None],
+            PassStatistics(windows + len(detect), audio_seconds),
+        )
 
-    def run_isolated(self, jobs: Sequence[AudioJob]) -> list[Transcript | LanguageGuess | ItemError]:
+    def run_isolated(self, jobs: Sequence[AudioJob]) -> PassResult:
         """Like run_batch, but a failure costs only the job that causes it.
 
         A failed batch is halved and retried, so a job that breaks the model (or a batch too large
-        for the GPU's memory) ends with its own error while its neighbours still succeed.
+        for the GPU's memory) ends with its own error while its neighbours still succeed. The
+        statistics count the work of the halves that succeeded.
         """
         try:
-            return list(self.run_batch(jobs))
+            return self.run_batch(jobs)
         except Exception as error:
             if len(jobs) == 1:
                 log.exception("inference failed for one request")
-                return [
-                    ItemError(
-                        Reason.INFERENCE_FAILED,
-                        f"inference failed: {type(error).__name__}",
-                    )
-                ]
+                failure = ItemError(Reason.INFERENCE_FAILED, f"inference failed: {type(error).__name__}")
+                return PassResult([failure], PassStatistics())
             if isinstance(error, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             middle = len(jobs) // 2
-            return self.run_isolated(jobs[:middle]) + self.run_isolated(jobs[middle:])
+            first, second = self.run_isolated(jobs[:middle]), self.run_isolated(jobs[middle:])
+            return PassResult(first.outcomes + second.outcomes, first.statistics + second.statistics)

@@ -16,6 +16,7 @@ import torch
 import whisper
 from whisper.model import Whisper
 
+from app.config import DEFAULT_TOKENS_PER_WINDOW
 from app.worker import ctranslate2_import, synthetic
 
 GPU_DEFAULT_MODEL = "medium"
@@ -134,17 +135,15 @@ def avoid_cudnn_attention() -> None:
     """Keep cuDNN out of scaled_dot_product_attention in this process, before any model runs.
 
     torch picks cuDNN's attention for whisper's shapes on Hopper, and cuDNN builds a plan for every
-    new shape: 42 ms of CPU for the first call at each length (H100, scripts/probe_attention.py),
-    against 23 us for a repeat. The decoder's self-attention meets a new length at every token step
-    and every batch size, so a loaded service paid seconds per new batch size. Flash attention needs
-    no such set-up. Set here, where a GPU model is loaded, so whisper's own decode and ours agree.
+    new shape, costly against a repeat call (measured by scripts/probe_attention.py: benchmarks/README.md
+    "Figures behind the engine's constants"). The decoder's self-attention meets a new length at every
+    token step and every batch size, so a loaded service paid seconds per new batch size. Flash
+    attention needs no such set-up. Set here, where a GPU model is loaded, so whisper's own decode and ours agree.
     """
     torch.backends.cuda.enable_cudnn_sdp(False)
 
 
-def load_model(
-    spec: str, device: str, cache_dir: Path, synthetic_tokens: int = synthetic.DEFAULT_TOKENS_PER_WINDOW
-) -> Whisper:
+def load_model(spec: str, device: str, cache_dir: Path, synthetic_tokens: int = DEFAULT_TOKENS_PER_WINDOW) -> Whisper:
     """Load model `spec` onto `device`; downloads and conversions go to cache_dir.
 
     `synthetic_tokens` is the decode length of a "synthetic:<shape>" model (ignored for real ones).

@@ -19,12 +19,12 @@ from whisper.decoding import DecodingResult, detect_language
 from whisper.tokenizer import Tokenizer
 from whisper.utils import compression_ratio
 
-from app.errors import ItemError, Reason
+from app.contract import ItemError, Reason, Segment, Transcript, TranscriptionOptions
 from app.worker import synthetic
 from app.worker.alignment import add_words
 from app.worker.cuda_decoding import GreedyPlan, greedy_plan
-from app.worker.engine import AudioJob, Transcriber, TranscriptionOptions, is_silence, needs_fallback
-from app.worker.segments import Segment, Transcript, window_segments
+from app.worker.engine import AudioJob, Transcriber, is_silence, needs_fallback
+from app.worker.segments import window_segments
 from app.worker.slot_decoding import SlotDecoder, SlotResult, shared_plan
 from app.worker.windows import Window, split_waveform
 
@@ -270,7 +270,7 @@ class ContinuousScheduler:
         self.waiting = deque(item for item in self.waiting if item[0] is not request)
         for slot in [slot for slot, (held, _) in self.in_slots.items() if held is request]:
             self.in_slots.pop(slot)
-        [outcome] = self.transcriber.run_isolated([request.job])
+        [outcome] = self.transcriber.run_isolated([request.job]).outcomes
         return Finished(request.key, outcome, time.monotonic())
 
     def _fail_all(self, error: Exception) -> list[Finished]:

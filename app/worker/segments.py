@@ -1,57 +1,19 @@
-"""Transcripts: segments and words with whole-file times, and cutting a window's tokens into segments.
+"""Cutting one decoded window's tokens into segments with whole-file times, as transcribe() does.
 
-The shapes every route renders from (JSON, verbose_json, text, SRT, VTT, TSV).
+The segment shapes themselves are the contract's: every route renders them.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 from whisper.audio import HOP_LENGTH, SAMPLE_RATE
 from whisper.decoding import DecodingResult
 from whisper.tokenizer import Tokenizer
 
+from app.contract import Segment
 from app.worker.windows import Window
 
 # seconds per timestamp token: the encoder halves the mel frame rate
 TIME_PRECISION = 2 * HOP_LENGTH / SAMPLE_RATE
-
-
-@dataclass(frozen=True)
-class Word:
-    """One word with its times (from cross-attention alignment) and the model's confidence."""
-
-    word: str
-    start: float
-    end: float
-    probability: float
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A stretch of speech with times relative to the start of the whole file."""
-
-    start: float
-    end: float
-    text: str
-    tokens: tuple[int, ...]
-    temperature: float
-    avg_logprob: float
-    compression_ratio: float
-    no_speech_prob: float
-    # first mel frame of the window this segment came from, as transcribe() reports it
-    seek: int = 0
-    words: tuple[Word, ...] = ()
-
-
-@dataclass
-class Transcript:
-    """The stitched result of one request."""
-
-    text: str
-    language: str
-    duration: float
-    segments: list[Segment] = field(default_factory=list)
 
 
 def window_segments(result: DecodingResult, window: Window, tokenizer: Tokenizer) -> list[Segment]:

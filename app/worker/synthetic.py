@@ -17,10 +17,9 @@ from whisper.audio import SAMPLE_RATE
 from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import get_tokenizer
 
+from app.config import DEFAULT_TOKENS_PER_WINDOW, MAX_TOKENS_PER_WINDOW
+
 SPEC_PREFIX = "synthetic:"
-DEFAULT_TOKENS_PER_WINDOW = 100
-# whisper's own default decode length (n_text_ctx // 2): longer runs would leave its context
-MAX_TOKENS_PER_WINDOW = 224
 SEED = 0
 # The decoder's positional embedding is drawn this wide so that greedy decoding of random weights
 # walks through different tokens instead of repeating one: repeated tokens would fail the engine's

@@ -18,7 +18,7 @@ import yaml
 from whisper.audio import SAMPLE_RATE
 
 from app.config import ENV_PREFIX, Settings
-from app.web.audio import WAVEFORM_DTYPE
+from app.contract import WAVEFORM_DTYPE
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"

@@ -94,6 +94,6 @@ def status_of(app: object, path: str, headers: dict[str, str]) -> int:
 
 def test_metrics_need_the_key_when_told(tmp_path: Path) -> None:
     settings = Settings(api_key="metrics-key", metrics_require_key=True, tmp_dir=tmp_path / "uploads", device="cpu")
-    app = build_server(settings).app
+    app = build_server(settings)[0].app
     assert status_of(app, "/metrics", {}) == 401
     assert status_of(app, "/metrics", {"Authorization": "Bearer metrics-key"}) == 200

@@ -10,9 +10,8 @@ import torch
 from whisper.audio import SAMPLE_RATE
 from whisper.model import Whisper
 
-from app.errors import ItemError, Reason
-from app.worker.engine import AudioJob, Transcriber
-from app.worker.segments import Transcript
+from app.contract import ItemError, PassStatistics, Reason, Transcript
+from app.worker.engine import AudioJob, PassResult, Transcriber
 
 # the simulated GPU holds this many seconds of audio in one pass
 GPU_SECONDS = 60
@@ -25,12 +24,13 @@ class SimulatedGpu:
         self.passes: list[int] = []
         self.cache_emptied = 0
 
-    def run_batch(self, jobs: Sequence[AudioJob]) -> list[Transcript]:
+    def run_batch(self, jobs: Sequence[AudioJob]) -> PassResult:
         seconds = sum(len(job.waveform) for job in jobs) / SAMPLE_RATE
         if seconds > GPU_SECONDS:
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: {seconds:g} s of audio in one pass")
         self.passes.append(len(jobs))
-        return [Transcript(text=f"{len(job.waveform) // SAMPLE_RATE} s", language="en", duration=0.0) for job in jobs]
+        transcripts = [Transcript(f"{len(job.waveform) // SAMPLE_RATE} s", language="en", duration=0.0) for job in jobs]
+        return PassResult(list(transcripts), PassStatistics(len(jobs), seconds))
 
     def empty_cache(self) -> None:
         self.cache_emptied += 1
@@ -51,14 +51,16 @@ def jobs_of(*seconds: int) -> list[AudioJob]:
 def test_a_batch_too_large_for_the_gpu_is_split_until_every_job_fits(tiny_en_model: Whisper, gpu: SimulatedGpu) -> None:
     # 8 requests of 20 s and one of 50 s: together 210 s, far over the 60 s the GPU holds
     seconds = (20, 20, 50, 20, 20, 20, 20, 20, 20)
-    results = Transcriber(tiny_en_model).run_isolated(jobs_of(*seconds))
+    passed = Transcriber(tiny_en_model).run_isolated(jobs_of(*seconds))
+    results = passed.outcomes
     assert [r.text for r in results] == [f"{s} s" for s in seconds], "every request answered, in order"
+    assert passed.statistics.windows == len(seconds), "the statistics add up over the halves"
     assert sum(gpu.passes) == len(seconds) and max(gpu.passes) > 1, "split only as far as needed"
     assert gpu.cache_emptied >= 1, "the allocator's cache is released before each retry"
 
 
 def test_only_a_job_too_large_on_its_own_fails(tiny_en_model: Whisper, gpu: SimulatedGpu) -> None:
-    results = Transcriber(tiny_en_model).run_isolated(jobs_of(10, 90, 10, 10))
+    results = Transcriber(tiny_en_model).run_isolated(jobs_of(10, 90, 10, 10)).outcomes
     assert [type(r) for r in results] == [Transcript, ItemError, Transcript, Transcript]
     assert results[1].reason is Reason.INFERENCE_FAILED
     assert "OutOfMemoryError" in results[1].message

@@ -37,7 +37,7 @@ def openapi_schema(hardened: ServiceProcess) -> BaseSchema:
 def test_the_schema_describes_every_route_and_upload_form(openapi_schema: BaseSchema, hardened: ServiceProcess) -> None:
     document = requests.get(f"{hardened.url}/openapi.json", headers=hardened.auth_headers, timeout=10).json()
     described = [(method.upper(), path) for path, operations in document["paths"].items() for method in operations]
-    assert sorted(described) == sorted(ROUTES), "a new route needs a line in ROUTES (and app/schema.py)"
+    assert sorted(described) == sorted(ROUTES), "a new route needs a line in ROUTES (and app/web/routes.py ROUTES)"
     for method, path in ROUTES:
         if method == "POST":
             form = document["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]

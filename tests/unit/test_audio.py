@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 from whisper.audio import SAMPLE_RATE
 
-from app.errors import Reason, RequestError
-from app.web.audio import decode_upload, ffmpeg_decode_command, load_waveform
+from app.contract import Reason, read_waveform
+from app.web.audio import decode_upload, ffmpeg_decode_command
+from app.web.errors import RequestError, status_of
 from tests.speech import duration_seconds
 
 
 def decode(source: Path, tmp_path: Path) -> tuple[float, np.ndarray]:
     destination = tmp_path / "out.f32"
     duration = asyncio.run(decode_upload(source, destination, timeout=60))
-    return duration, load_waveform(destination)
+    return duration, read_waveform(destination)
 
 
 @pytest.mark.parametrize("fixture", ["fox_wav", "fox_mp3", "fox_ogg"])
@@ -67,7 +68,7 @@ def test_random_bytes(tmp_path: Path) -> None:
     garbage.write_bytes(np.random.default_rng(0).bytes(4096))
     error = expect_error(garbage, tmp_path).error
     assert error.reason is Reason.UNREADABLE_AUDIO
-    assert error.status == 415
+    assert status_of(error) == 415
     assert "not decodable audio" in error.message
 
 
@@ -99,4 +100,4 @@ def test_video_without_audio(tmp_path: Path) -> None:
 def test_text_file(tmp_path: Path) -> None:
     text = tmp_path / "notes.wav"
     text.write_text("this is not audio at all\n" * 20)
-    assert expect_error(text, tmp_path).error.status == 415
+    assert status_of(expect_error(text, tmp_path).error) == 415

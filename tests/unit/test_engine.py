@@ -15,9 +15,10 @@ from whisper.decoding import DecodingResult
 from whisper.model import Whisper
 from whisper.tokenizer import get_tokenizer
 
-from app.errors import ItemError, Reason
+from app.contract import ItemError, Reason, Transcript
+from app.web.errors import status_of
 from app.worker.engine import AudioJob, Transcriber, log_mel_batch, needs_fallback
-from app.worker.segments import Transcript, window_segments
+from app.worker.segments import window_segments
 from app.worker.windows import Window
 
 
@@ -48,8 +49,9 @@ def test_log_mel_batch_matches_transcribes_mel_for_each_window(fox_wav: Path) ->
 
 def test_batched_results_equal_one_at_a_time(transcriber: Transcriber, five_second_clips: list[Path]) -> None:
     waveforms = [whisper.load_audio(str(p)) for p in five_second_clips[:4]]
-    together = transcriber.transcribe_batch([AudioJob(w) for w in waveforms])
-    assert transcriber.last_window_count == 4
+    batch = transcriber.run_batch([AudioJob(w) for w in waveforms])
+    together = batch.outcomes
+    assert batch.statistics.windows == 4
     alone = [transcriber.transcribe_batch([AudioJob(w)])[0] for w in waveforms]
     # greedy decoding is deterministic; a window that fell back to sampling (temperature > 0) is not
     greedy = [i for i in range(4) if all(s.temperature == 0 for s in together[i].segments + alone[i].segments)]
@@ -125,16 +127,18 @@ def test_fallback_rules_follow_transcribe() -> None:
 
 def test_a_failing_job_fails_alone(transcriber: Transcriber, five_second_clips: list[Path], monkeypatch) -> None:
     poison = np.full(SAMPLE_RATE, 0.25, dtype=np.float32)
-    real_batch = Transcriber.transcribe_batch
+    real_batch = Transcriber._transcribe
 
-    def breaks_on_poison(self: Transcriber, jobs: list[AudioJob]) -> list[Transcript]:
+    def breaks_on_poison(self: Transcriber, jobs: list[AudioJob]) -> tuple[list[Transcript], int]:
         if any(job.waveform is poison for job in jobs):
             raise RuntimeError("simulated kernel failure")
         return real_batch(self, jobs)
 
-    monkeypatch.setattr(Transcriber, "transcribe_batch", breaks_on_poison)
+    monkeypatch.setattr(Transcriber, "_transcribe", breaks_on_poison)
     good = [AudioJob(whisper.load_audio(str(p))) for p in five_second_clips[:3]]
-    results = transcriber.run_isolated([good[0], AudioJob(poison), good[1], good[2]])
+    passed = transcriber.run_isolated([good[0], AudioJob(poison), good[1], good[2]])
+    results = passed.outcomes
     assert [type(r) for r in results] == [Transcript, ItemError, Transcript, Transcript]
-    assert results[1].reason is Reason.INFERENCE_FAILED and results[1].status == 500
+    assert results[1].reason is Reason.INFERENCE_FAILED and status_of(results[1]) == 500
+    assert passed.statistics.windows == 3, "the windows of the three jobs that succeeded"
     assert "fox" in results[0].text.lower()

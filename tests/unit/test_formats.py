@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.web.formats import RENDER_TEXT, to_text, verbose_json
-from app.worker.segments import Segment, Transcript, Word
+from app.contract import Segment, Transcript, Word
+from app.web.formats import TEXT_WRITERS, to_text, verbose_json
 
 EXPECTED = Path(__file__).parent / "data"
 
@@ -33,7 +33,7 @@ def transcript() -> Transcript:
 @pytest.mark.parametrize("response_format", ["srt", "vtt", "tsv"])
 def test_matches_the_hand_checked_file(transcript: Transcript, response_format: str) -> None:
     expected = (EXPECTED / f"expected.{response_format}").read_text()
-    assert RENDER_TEXT[response_format](transcript) == expected
+    assert TEXT_WRITERS[response_format](transcript) == expected
 
 
 def test_text_is_the_transcript_and_a_newline(transcript: Transcript) -> None:

@@ -1,0 +1,175 @@
+"""The contract between the HTTP processes and the model worker: everything that crosses LitServe's queue.
+
+Both sides import this module and nothing of each other's. What travels is a path to a waveform file
+(never the upload's bytes) with the work asked of it; what comes back is an outcome with its timing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+# the waveform file the HTTP side writes and the worker reads: raw 16 kHz mono samples, no header
+WAVEFORM_DTYPE = np.float32
+# openai-whisper transcribe()'s tasks
+TASKS = ("transcribe", "translate")
+# transcribe()'s temperature ladder: a window that fails its quality checks is decoded again, hotter
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+class Reason(str, Enum):
+    """Why one request failed; the value is the `reason` clients and metrics see."""
+
+    EMPTY_UPLOAD = "empty_upload"
+    MISSING_FILE = "missing_file"
+    BAD_FORM = "bad_form"
+    UNREADABLE_AUDIO = "unreadable_audio"
+    NO_AUDIO = "no_audio"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    AUDIO_TOO_SHORT = "audio_too_short"
+    AUDIO_TOO_LONG = "audio_too_long"
+    UPLOAD_TOO_LARGE = "upload_too_large"
+    UNAUTHORIZED = "unauthorized"
+    OVERLOADED = "overloaded"
+    UNAVAILABLE = "unavailable"
+    BAD_OPTION = "bad_option"
+    UNKNOWN_MODEL = "unknown_model"
+    TIMEOUT = "timeout"
+    STORAGE_FULL = "storage_full"
+    INFERENCE_FAILED = "inference_failed"
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """One request's failure, carried as a result so the rest of its batch is unaffected."""
+
+    reason: Reason
+    message: str
+    # the request field at fault, where there is one (OpenAI's error shape reports it)
+    param: str | None = None
+
+
+@dataclass(frozen=True)
+class TranscriptionOptions:
+    """What one request asks of the model; requests with equal decoding options share one decode."""
+
+    # ISO code such as "en"; None detects it from the first 30 s
+    language: str | None = None
+    # "transcribe" keeps the spoken language, "translate" produces English
+    task: str = "transcribe"
+    # text that conditions every window of the request (names, spelling, style)
+    prompt: str | None = None
+    # None or 0: greedy with transcribe()'s fallback ladder; above 0: sample at exactly that temperature
+    temperature: float | None = None
+    # time each word by cross-attention alignment (one extra decoder pass per window)
+    word_timestamps: bool = False
+
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        return (self.temperature,) if self.temperature else TEMPERATURES
+
+
+@dataclass(frozen=True)
+class LanguageDetection:
+    """A request for the spoken language of the first 30 s, answered from the batch's encoder pass."""
+
+
+# what a request may ask of the worker
+Work = TranscriptionOptions | LanguageDetection
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """What the HTTP process puts on the worker queue: a waveform file on the tmpfs and the work asked of it."""
+
+    waveform_path: str
+    work: Work
+    submitted_at: float  # time.monotonic(), which is system-wide on Linux
+
+
+@dataclass(frozen=True)
+class Word:
+    """One word with its times (from cross-attention alignment) and the model's confidence."""
+
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of speech with times relative to the start of the whole file."""
+
+    start: float
+    end: float
+    text: str
+    tokens: tuple[int, ...]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    # first mel frame of the window this segment came from, as transcribe() reports it
+    seek: int = 0
+    words: tuple[Word, ...] = ()
+
+
+@dataclass
+class Transcript:
+    """The stitched result of one request."""
+
+    text: str
+    language: str
+    duration: float
+    segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LanguageGuess:
+    """The most likely language and the top candidates, as (code, probability) pairs."""
+
+    language: str
+    probability: float
+    candidates: tuple[tuple[str, float], ...]
+
+
+# what the worker answers for one request
+Outcome = Transcript | LanguageGuess | ItemError
+
+
+@dataclass(frozen=True)
+class PassStatistics:
+    """What one model pass did, returned by the engine with its results (never read back afterwards)."""
+
+    # 30 s windows encoded: every window of every transcription, one per language detection
+    windows: int = 0
+    # seconds of audio in the pass's requests
+    audio_seconds: float = 0.0
+
+    def __add__(self, other: PassStatistics) -> PassStatistics:
+        return PassStatistics(self.windows + other.windows, self.audio_seconds + other.audio_seconds)
+
+
+@dataclass(frozen=True)
+class WorkerTiming:
+    """What only the model worker knows about one request's model pass, sent back beside its outcome."""
+
+    started_at: float  # time.monotonic() as the pass began; system-wide on Linux, so comparable across processes
+    inference_seconds: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Reported:
+    """A worker's outcome for one request, with the timing of the pass that produced it."""
+
+    outcome: Outcome
+    timing: WorkerTiming
+
+
+def read_waveform(path: Path) -> np.ndarray:
+    """The samples of a waveform file written by the HTTP side's decoder."""
+    return np.fromfile(path, dtype=WAVEFORM_DTYPE)

@@ -1,0 +1,124 @@
+"""The typed forms of every upload route: validation, defaults, aliases, and the OpenAPI they describe."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.contract import LanguageDetection, Reason, TranscriptionOptions
+from app.web.errors import RequestError
+from app.web.forms import (
+    DetectLanguageForm,
+    NativeTranscribeForm,
+    OpenAITranscriptionForm,
+    OpenAITranslationForm,
+    UploadForm,
+)
+from app.web.schema import form_schema
+from app.web.uploads import Upload
+
+SERVED = ("whisper-1", "tiny.en")
+
+
+def form(kind: type[UploadForm], lists: dict[str, list[str]] | None = None, **fields: str) -> UploadForm:
+    return kind.from_upload(Upload(fields=fields, lists=lists or {}), SERVED)
+
+
+def refusal(kind: type[UploadForm], lists: dict[str, list[str]] | None = None, **fields: str) -> RequestError:
+    with pytest.raises(RequestError) as raised:
+        form(kind, lists, **fields)
+    return raised.value
+
+
+def test_native_defaults_transcribe_with_the_fallback_ladder() -> None:
+    native = form(NativeTranscribeForm)
+    assert native.work == TranscriptionOptions()
+    assert native.response_format == "transcription_json" and not native.include_words
+
+
+def test_native_fields_become_options() -> None:
+    native = form(
+        NativeTranscribeForm,
+        language=" English ",
+        task="translate",
+        initial_prompt="Names: Ada",
+        temperature="0.4",
+        word_timestamps="yes",
+        output="srt",
+    )
+    assert native.work == TranscriptionOptions("en", "translate", "Names: Ada", 0.4, True)
+    assert native.response_format == "srt" and native.include_words
+
+
+def test_prompt_wins_over_its_alias_and_response_format_over_output() -> None:
+    native = form(NativeTranscribeForm, prompt="first", initial_prompt="second", response_format="vtt", output="srt")
+    assert isinstance(native.work, TranscriptionOptions) and native.work.prompt == "first"
+    assert native.response_format == "vtt"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [
+        ({"language": "klingon"}, "language", "ISO-639-1"),
+        ({"task": "summarise"}, "task", "task must be one of transcribe, translate"),
+        ({"temperature": "hot"}, "temperature", "a number between 0 and 1"),
+        ({"temperature": "1.5"}, "temperature", "between 0 and 1"),
+        ({"word_timestamps": "maybe"}, "word_timestamps", "true or false"),
+        ({"response_format": "docx"}, "response_format", "must be one of"),
+    ],
+)
+def test_native_refusals_name_the_field(fields: dict[str, str], param: str, words: str) -> None:
+    error = refusal(NativeTranscribeForm, **fields).error
+    assert (error.reason, error.param) == (Reason.BAD_OPTION, param)
+    assert words in error.message
+
+
+def test_detect_language_takes_the_file_alone() -> None:
+    assert form(DetectLanguageForm, language="fr").work == LanguageDetection()
+
+
+def test_openai_model_is_required_and_must_be_served() -> None:
+    missing = refusal(OpenAITranscriptionForm).error
+    assert (missing.reason, missing.param, missing.message) == (
+        Reason.BAD_OPTION,
+        "model",
+        "you must provide a model parameter",
+    )
+    unknown = refusal(OpenAITranscriptionForm, model="gpt-4o").error
+    assert unknown.reason is Reason.UNKNOWN_MODEL and "whisper-1, tiny.en" in unknown.message
+
+
+def test_openai_word_granularity_needs_verbose_json() -> None:
+    lists = {"timestamp_granularities": ["word"]}
+    error = refusal(OpenAITranscriptionForm, lists, model="whisper-1").error
+    assert error.param == "timestamp_granularities"
+    words = form(OpenAITranscriptionForm, lists, model="tiny.en", response_format="verbose_json")
+    assert words.include_words and isinstance(words.work, TranscriptionOptions) and words.work.word_timestamps
+
+
+def test_openai_unknown_granularity_is_refused() -> None:
+    error = refusal(OpenAITranscriptionForm, {"timestamp_granularities": ["phoneme"]}, model="whisper-1").error
+    assert error.param == "timestamp_granularities" and "phoneme" in error.message
+
+
+def test_translations_ignore_language_and_translate() -> None:
+    translation = form(OpenAITranslationForm, model="whisper-1", language="de")
+    assert translation.work == TranscriptionOptions(task="translate")
+    assert translation.response_format == "json"
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        (NativeTranscribeForm, {"language", "task", "prompt", "initial_prompt", "temperature", "word_timestamps",
+                                "response_format", "output"}),
+        (DetectLanguageForm, set()),
+        (OpenAITranscriptionForm, {"model", "language", "prompt", "response_format", "temperature",
+                                   "timestamp_granularities[]"}),
+        (OpenAITranslationForm, {"model", "prompt", "response_format", "temperature"}),
+    ],
+)  # fmt: skip
+def test_the_openapi_form_is_the_models_fields_and_the_file(kind: type[UploadForm], fields: set[str]) -> None:
+    schema = form_schema(kind)
+    assert set(schema["properties"]) == fields | {"file"}
+    assert schema["required"] == ["file"] and schema["properties"]["file"]["format"] == "binary"
+    assert all("type" in field for field in schema["properties"].values())
