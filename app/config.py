@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     synthetic_tokens_per_second: float = Field(0.0, ge=0.0, le=50.0)
     # windows join and leave the running decode at every token step (GPU); "auto": on with CUDA
     continuous_batching: Literal["auto", "on", "off"] = "auto"
+    # HTTP processes (uploads, ffprobe/ffmpeg, answers); empty: one per model worker, as LitServe does
+    http_processes: int | None = Field(None, ge=1, le=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # when set, every route but /health (and /metrics, see below) needs "Authorization: Bearer <key>" or X-API-Key
     api_key: SecretStr | None = None

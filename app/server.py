@@ -99,6 +99,7 @@ def main() -> None:
         port=settings.port,
         log_level=settings.log_level,
         generate_client_file=False,
+        num_api_servers=settings.http_processes,
         # one JSON line per request comes from RequestLogMiddleware instead
         access_log=False,
     )

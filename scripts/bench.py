@@ -184,7 +184,7 @@ def run_service(
         "WHISPER_MODEL": args.model,
         "WHISPER_SYNTHETIC_TOKENS": str(args.tokens),
         "WHISPER_SYNTHETIC_TOKENS_PER_SECOND": str(args.tokens_per_second),
-        "WHISPER_CONTINUOUS_BATCHING": continuous,
+        "WHISPER_CONTINUOUS_BATCHING": continuous.partition("+")[0],
         "WHISPER_DEVICE": args.device,
         "WHISPER_DEVICES": str(gpus),
         "WHISPER_MAX_BATCH_SIZE": str(max_batch_size),
@@ -193,6 +193,9 @@ def run_service(
         # admission control must not turn the benchmark's own clients away
         "WHISPER_MAX_QUEUE": str(2 * clients),
     }
+    # a mode such as "on+http4" also sets the number of HTTP processes
+    if "+http" in continuous:
+        env["WHISPER_HTTP_PROCESSES"] = continuous.partition("+http")[2]
     sweep = sweep or [clients]
     clients = max(sweep)
     env["WHISPER_MAX_QUEUE"] = str(2 * clients)
@@ -388,7 +391,9 @@ def main() -> None:
         "from their text; 0 keeps --tokens per window)",
     )  # fmt: skip
     parser.add_argument(
-        "--continuous", default="off", help="WHISPER_CONTINUOUS_BATCHING values to measure in turn, e.g. off,on"
+        "--continuous",
+        default="off",
+        help="WHISPER_CONTINUOUS_BATCHING values to measure in turn, e.g. off,on,on+http4 (+httpN: N HTTP processes)",
     )
     parser.add_argument("--sweep", default="", help="client counts measured on one service, e.g. 16,64,256")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))

@@ -157,11 +157,11 @@ class Transcriber:
         )
 
     @torch.inference_mode()
-    def encode(self, waveforms: Sequence[np.ndarray]) -> torch.Tensor:
-        """Encoder features for windows, ENCODER_WINDOWS at a time (the activations stay bounded)."""
+    def encode(self, waveforms: Sequence[np.ndarray], chunk: int | None = None) -> torch.Tensor:
+        """Encoder features for windows, `chunk` (default: ENCODER_WINDOWS or the pass's size) at a time."""
         dtype = torch.float16 if self.fp16 else torch.float32
         passes = []
-        step = min(self.max_windows_per_pass, cuda_decoding.ENCODER_WINDOWS)
+        step = chunk or min(self.max_windows_per_pass, cuda_decoding.ENCODER_WINDOWS)
         for first in range(0, len(waveforms), step):
             chunk = waveforms[first : first + step]
             mel = log_mel_batch(chunk, self.model.dims.n_mels, self.device).to(dtype)

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # windows per pass of the static decoder beside the continuous one (sampling, temperature fallback)
 STATIC_WINDOWS = 16
+# continuous batching records GPU memory once per this many steps
+MEMORY_EVERY_STEPS = 64
 
 
 def continuous_batching(settings: Settings) -> bool:
@@ -79,6 +81,7 @@ class WhisperLitAPI(ls.LitAPI):
         gpu_share = 1.0 / settings.workers_per_device
         self.scheduler: ContinuousScheduler | None = None
         self.aside: list[tuple[str, AudioJob]] = []
+        self.steps = 0
         if continuous_batching(settings):
             # the static decoder only serves what the slots do not (sampling, fallback): it stays small
             self.transcriber = Transcriber(model, min(STATIC_WINDOWS, settings.max_windows_per_pass), gpu_share)
@@ -124,7 +127,13 @@ class WhisperLitAPI(ls.LitAPI):
             answers.extend((f.key, f.outcome, f.started_at) for f in self.scheduler.step())
         finished_at = time.monotonic()
         audio = sum(outcome.duration for _, outcome, _ in answers if isinstance(outcome, Transcript))
-        self.record(WorkerTiming(started, finished_at - started, len(answers)), PassStatistics(occupied, audio))
+        self.steps += 1
+        # reading the allocator's statistics costs more than a step's launches: once in a while
+        self.record(
+            WorkerTiming(started, finished_at - started, len(answers)),
+            PassStatistics(occupied, audio),
+            memory=self.steps % MEMORY_EVERY_STEPS == 0,
+        )
         return [
             (uid, Reported(outcome, WorkerTiming(began, finished_at - began, occupied)))
             for uid, outcome, began in answers
@@ -157,13 +166,13 @@ class WhisperLitAPI(ls.LitAPI):
         outcomes = iter(result.outcomes)
         return [Reported(next(outcomes), timing) if isinstance(item, AudioJob) else item for item in items]
 
-    def record(self, timing: WorkerTiming, statistics: PassStatistics) -> None:
+    def record(self, timing: WorkerTiming, statistics: PassStatistics, memory: bool = True) -> None:
         label = self.worker_label
         metrics.INFERENCE_SECONDS.labels(label).observe(timing.inference_seconds)
         metrics.BATCH_SIZE.labels(label).observe(timing.batch_size)
         metrics.BATCH_WINDOWS.labels(label).observe(statistics.windows)
         metrics.AUDIO_SECONDS.labels(label).inc(statistics.audio_seconds)
-        if self.transcriber.device.type == "cuda":
+        if memory and self.transcriber.device.type == "cuda":
             device = self.transcriber.device
             metrics.GPU_MEMORY.labels(label, "allocated").set(torch.cuda.memory_allocated(device))
             metrics.GPU_MEMORY.labels(label, "reserved").set(torch.cuda.memory_reserved(device))

@@ -20,7 +20,7 @@ from whisper.tokenizer import Tokenizer
 from whisper.utils import compression_ratio
 
 from app.contract import ItemError, Reason, Segment, Transcript, TranscriptionOptions
-from app.worker import synthetic
+from app.worker import cuda_decoding, synthetic
 from app.worker.alignment import add_words
 from app.worker.cuda_decoding import GreedyPlan, greedy_plan
 from app.worker.engine import AudioJob, Transcriber, is_silence, needs_fallback
@@ -30,9 +30,12 @@ from app.worker.windows import Window, split_waveform
 
 log = logging.getLogger(__name__)
 
-# while slots decode, new windows are admitted once this many slots are free (or every waiting window
-# fits): the encoder runs twice as fast per window at 8 as at 1, and each admission pauses the step
-ADMIT_AT_ONCE = 8
+# while slots decode, waiting windows are admitted once this many slots are free, or once the oldest
+# has waited ADMIT_AFTER_STEPS steps: each admission costs the host the same launches (encoder chunks,
+# an eager prefill) whatever its size, and the first H100 run spent half the worker's time admitting
+# cohorts of a few windows (h100-medium.stacks-on.txt, ADMIT_AT_ONCE 8)
+ADMIT_AT_ONCE = 32
+ADMIT_AFTER_STEPS = 4
 # and at most this many windows per admission while others decode: one admission's encoder time is
 # a pause for every running window (an idle decoder admits all it can hold)
 ADMIT_MOST = 64
@@ -81,6 +84,8 @@ class ContinuousScheduler:
         self.waiting: deque[tuple[_Request, int]] = deque()
         self.in_slots: dict[int, tuple[_Request, int]] = {}
         self.plans: dict[tuple, tuple[GreedyPlan, tuple[int, ...], Tokenizer] | None] = {}
+        # steps since the last admission while windows waited
+        self.waited_steps = 0
         started = time.monotonic()
         default = self._plan("transcribe", "en", None)
         graphs = self.decoder.prepare(default[0]) if default else 0
@@ -130,13 +135,18 @@ class ContinuousScheduler:
         if not self.waiting or not free:
             return []
         running = self.decoder.occupied > 0
-        if running and len(free) < min(ADMIT_AT_ONCE, len(self.waiting)):
+        self.waited_steps += 1
+        enough = min(len(free), len(self.waiting)) >= ADMIT_AT_ONCE
+        if running and not enough and self.waited_steps < ADMIT_AFTER_STEPS:
             return []
+        self.waited_steps = 0
         most = min(len(free), ADMIT_MOST) if running else len(free)
         taken: list[tuple[_Request, int]] = []
         while self.waiting and len(taken) < most:
             taken.append(self.waiting.popleft())
-        features = self.transcriber.encode([self._samples(request, index) for request, index in taken])
+        features = self.transcriber.encode(
+            [self._samples(request, index) for request, index in taken], cuda_decoding.ENCODER_WINDOWS
+        )
         self._detect_languages(taken, features)
         # windows whose plan cannot decode beside the slots' go back to the front, in order
         groups: dict[tuple, list[int]] = {}

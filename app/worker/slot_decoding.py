@@ -234,14 +234,13 @@ class SlotDecoder:
             n_initial = plan.n_initial
             rows = len(slots)
             initial = torch.tensor(list(initial_tokens), dtype=torch.long, device=device).expand(rows, -1)
-            cross: list[tuple[Tensor, Tensor]] = []
-            for layer, block in enumerate(decoder.blocks):
-                keys, values = block.cross_attn.key(features), block.cross_attn.value(features)
-                self.cross_keys[layer].index_copy_(0, index, keys)
-                self.cross_values[layer].index_copy_(0, index, values)
-                cross.append((keys, values))
             x = (decoder.token_embedding(initial) + decoder.positional_embedding[:n_initial]).to(self.dtype)
             for layer, block in enumerate(decoder.blocks):
+                # one layer's cross-attention keys and values at a time: all layers' for a large
+                # admission would take tens of GB beside the caches they are copied into
+                cross_keys, cross_values = block.cross_attn.key(features), block.cross_attn.value(features)
+                self.cross_keys[layer].index_copy_(0, index, cross_keys)
+                self.cross_values[layer].index_copy_(0, index, cross_values)
                 attention = block.attn
                 h = block.attn_ln(x)
                 keys, values = attention.key(h), attention.value(h)
@@ -249,7 +248,8 @@ class SlotDecoder:
                 self.self_values[layer, :, :n_initial].index_copy_(0, index, values)
                 attended = self._attend(attention.query(h), keys, values, causal=n_initial > 1)
                 x = x + attention.out(attended)
-                x = self._cross_attention_and_mlp(block, x, *cross[layer])
+                x = self._cross_attention_and_mlp(block, x, cross_keys, cross_values)
+                del cross_keys, cross_values
             logits = (decoder.ln(x) @ self.embedding_t).float()
             no_speech = torch.full((rows,), math.nan, device=device)
             if plan.no_speech is not None:
