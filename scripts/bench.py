@@ -447,7 +447,8 @@ def main() -> None:
             for mode in modes:
                 report["modes"][mode] = run_service(
                     args, workdir, clips, payloads, lone, gpu_counts[0], args.clients, args.max_batch_size,
-                    args.duration, output.with_suffix(f".stacks-{mode.replace('+', '-')}.txt"), continuous=mode, sweep=sweep,
+                    args.duration, output.with_suffix(f".stacks-{mode.replace('+', '-')}.txt"), continuous=mode,
+                    sweep=sweep,
                 )  # fmt: skip
                 output.write_text(json.dumps(report, indent=1) + "\n")
             print(f"wrote {output}")
