@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     decode_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     # tokens every window decodes with WHISPER_MODEL=synthetic:<shape> (random weights, capacity planning)
     synthetic_tokens: int = Field(DEFAULT_TOKENS_PER_WINDOW, ge=1, le=MAX_TOKENS_PER_WINDOW)
+    # above 0: a synthetic model's window decodes this many tokens per second of its audio (realistic
+    # lengths, measured from speech by scripts/bench_clips.py) instead of synthetic_tokens
+    synthetic_tokens_per_second: float = Field(0.0, ge=0.0, le=50.0)
+    # windows join and leave the running decode at every token step (GPU); "auto": on with CUDA. Off by default
+    # until the scheduler cuts windows with the VAD splitter and seeks back as the static engine does
+    continuous_batching: Literal["auto", "on", "off"] = "off"
+    # HTTP processes (uploads, ffprobe/ffmpeg, answers); empty: one per model worker, as LitServe does
+    http_processes: int | None = Field(None, ge=1, le=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # when set, every route but /health (and /metrics, see below) needs "Authorization: Bearer <key>" or X-API-Key
     api_key: SecretStr | None = None

@@ -10,15 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from multiprocessing.managers import SyncManager
 from multiprocessing.process import BaseProcess
-from typing import Any
+from queue import Empty, Queue
+from typing import Any, Protocol
 
 import litserve as ls
+from fastapi import HTTPException
+from litserve.loops.base import _SENTINEL_VALUE, LitLoop
 from litserve.specs.base import LitSpec
-from litserve.utils import LitAPIStatus, ResponseBufferItem
+from litserve.transport.base import MessageTransport
+from litserve.utils import LitAPIStatus, LoopResponseType, ResponseBufferItem
 
 from app.contract import ItemError, QueuedJob, Reason, Reported
 
@@ -69,6 +74,82 @@ class WorkerClient:
             return ItemError(Reason.INFERENCE_FAILED, "inference failed")
         answer: Reported | ItemError = response
         return answer
+
+
+# how long an idle continuous-batching worker waits on the queue before looking again
+IDLE_WAIT_SECONDS = 1.0
+
+
+class SteppedAPI(Protocol):
+    """What ContinuousLoop drives: the LitAPI of a worker that decodes in steps (app/worker/litapi.py)."""
+
+    request_timeout: float
+
+    @property
+    def busy(self) -> bool: ...
+
+    def decode_request(self, request: QueuedJob) -> Any: ...
+
+    def submit(self, uid: str, job: Any) -> None: ...
+
+    def step(self) -> list[tuple[str, Reported]]: ...
+
+
+class ContinuousLoop(LitLoop):
+    """A worker loop for continuous batching: every queued request joins between two steps, and each
+    answer goes back the moment its request has ended, not when a batch has.
+
+    LitServe's own ContinuousBatchingLoop streams tokens and needs stream=True; these answers are
+    whole, so the loop is ours: it takes what is queued, steps the API, sends what finished.
+    """
+
+    def __call__(
+        self, lit_api: SteppedAPI, device: str, worker_id: int, request_queue: Queue[Any],
+        transport: MessageTransport, workers_setup_status: dict[int, str], callback_runner: Any,
+        lit_spec: LitSpec | None = None, stream: bool = False,
+    ) -> None:  # fmt: skip
+        # the reply queue of each request in the worker
+        reply_to: dict[str, int] = {}
+        while True:
+            arrivals = self._arrivals(request_queue, block=not lit_api.busy)
+            if arrivals is None:
+                return
+            for response_queue_id, uid, arrived_at, job in arrivals:
+                timeout = lit_api.request_timeout
+                if timeout and timeout != -1 and time.monotonic() - arrived_at > timeout:
+                    error = HTTPException(QUEUE_TIMEOUT_STATUS, "Request timed out")
+                    self.put_response(
+                        transport, response_queue_id, uid, error, LitAPIStatus.ERROR, LoopResponseType.REGULAR
+                    )
+                    continue
+                decoded = lit_api.decode_request(job)
+                if isinstance(decoded, ItemError):
+                    self._answer(transport, response_queue_id, uid, decoded)
+                    continue
+                reply_to[uid] = response_queue_id
+                lit_api.submit(uid, decoded)
+            if lit_api.busy:
+                for uid, reported in lit_api.step():
+                    self._answer(transport, reply_to.pop(uid), uid, reported)
+
+    def _arrivals(self, request_queue: Queue[Any], block: bool) -> list[tuple[Any, ...]] | None:
+        """Everything queued now (waiting up to IDLE_WAIT_SECONDS for one when `block`); None to stop."""
+        arrivals: list[tuple[Any, ...]] = []
+        while True:
+            try:
+                item = (
+                    request_queue.get(timeout=IDLE_WAIT_SECONDS)
+                    if block and not arrivals
+                    else request_queue.get_nowait()
+                )
+            except Empty:
+                return arrivals
+            if item == _SENTINEL_VALUE:
+                return None
+            arrivals.append(item)
+
+    def _answer(self, transport: MessageTransport, response_queue_id: int, uid: str, result: object) -> None:
+        self.put_response(transport, response_queue_id, uid, result, LitAPIStatus.OK, LoopResponseType.REGULAR)
 
 
 class RoutesSpec(LitSpec):

@@ -17,7 +17,7 @@ from app import metrics
 from app.config import Settings, litserve_devices, load_settings
 from app.contract import ItemError
 from app.lifecycle import HTTP_STOP_SECONDS, Supervisor
-from app.litserve_adapter import SupervisedLitServer
+from app.litserve_adapter import ContinuousLoop, SupervisedLitServer
 from app.web import native_api, request_log
 from app.web.admission import HEALTH_PATH, Admission, HealthGate
 from app.web.connections import ConnectionLimits, HeaderLimits, connections_that_fit, guarded_protocol
@@ -29,7 +29,7 @@ from app.web.routes import ROUTES, TranscriptionRoutes
 from app.web.schema import describe_uploads
 from app.web.security import ApiKeyMiddleware
 from app.web.uploads import claim_upload_dir
-from app.worker.litapi import WhisperLitAPI, resolve_device
+from app.worker.litapi import WhisperLitAPI, continuous_batching, resolve_device
 from app.worker.loading import default_model_spec, model_display_name
 from app.worker.windows import split_waveform
 
@@ -52,6 +52,8 @@ def build_server(settings: Settings) -> tuple[SupervisedLitServer, Supervisor]:
         max_batch_size=settings.max_batch_size,
         batch_timeout=settings.batch_timeout,
         spec=spec,
+        # continuous batching answers each request as its last window ends, from a loop of its own
+        loop=ContinuousLoop() if continuous_batching(settings) else "auto",
     )
     open_paths = frozenset({HEALTH_PATH} if settings.metrics_require_key else {HEALTH_PATH, METRICS_PATH})
 
@@ -125,6 +127,7 @@ def main() -> None:
         port=settings.port,
         log_level=settings.log_level,
         generate_client_file=False,
+        num_api_servers=settings.http_processes,
         # one JSON line per request comes from RequestLogMiddleware instead
         access_log=False,
         # h11, not httptools: httptools reads headers of any size before the app can refuse them

@@ -31,7 +31,7 @@ from pathlib import Path
 import requests
 
 from app.config import load_settings
-from scripts.bench_clips import Clip, load_clips, make_clips
+from scripts.bench_clips import Clip, load_clips, make_clips, tokens_per_second
 from tests.service import ServiceProcess, sample_labels, sample_name
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,6 +40,8 @@ STARTUP_SECONDS = 600.0
 LONE_REPEATS = 20
 LONE_WARMUP = 3
 REQUEST_TIMEOUT = 600.0
+# the issue's latency target is for clips up to this long
+SHORT_CLIP_SECONDS = 30.0
 
 
 @dataclass
@@ -49,6 +51,8 @@ class Load:
     wall_seconds: float = 0.0
     audio_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    # (latency, clip seconds) of each answered request
+    timed: list[tuple[float, float]] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -84,6 +88,7 @@ def closed_loop(url: str, clips: list[Clip], payloads: dict[str, bytes], clients
                 with lock:
                     if outcome == "ok":
                         load.latencies.append(time.perf_counter() - sent)
+                        load.timed.append((load.latencies[-1], clip.seconds))
                         load.audio_seconds += clip.seconds
                     else:
                         load.errors[outcome] = load.errors.get(outcome, 0) + 1
@@ -169,11 +174,17 @@ def busy_share(before: dict[str, float], after: dict[str, float], wall: float) -
 def run_service(
     args: argparse.Namespace, workdir: Path, clips: list[Clip], payloads: dict[str, bytes], lone: Clip | None,
     gpus: int, clients: int, max_batch_size: int, seconds: float, profile_output: Path | None = None,
+    continuous: str = "off", sweep: list[int] | None = None,
 ) -> dict:  # fmt: skip
-    """Start the service, warm it up, measure it under load (and a lone clip when asked), stop it."""
+    """Start the service, warm it up, measure it under load (and a lone clip when asked), stop it.
+
+    `sweep`: client counts measured one after another on the same service (each after its own
+    warm-up), the throughput/latency curve; the first also gives the run's main figures."""
     env = {
         "WHISPER_MODEL": args.model,
         "WHISPER_SYNTHETIC_TOKENS": str(args.tokens),
+        "WHISPER_SYNTHETIC_TOKENS_PER_SECOND": str(args.tokens_per_second),
+        "WHISPER_CONTINUOUS_BATCHING": continuous.partition("+")[0],
         "WHISPER_DEVICE": args.device,
         "WHISPER_DEVICES": str(gpus),
         "WHISPER_MAX_BATCH_SIZE": str(max_batch_size),
@@ -182,51 +193,81 @@ def run_service(
         # admission control must not turn the benchmark's own clients away
         "WHISPER_MAX_QUEUE": str(2 * clients),
     }
-    print(f"service: {gpus} GPU(s), {clients} clients, max batch size {max_batch_size}", flush=True)
+    # a mode such as "on+http4" also sets the number of HTTP processes
+    if "+http" in continuous:
+        env["WHISPER_HTTP_PROCESSES"] = continuous.partition("+http")[2]
+    sweep = sweep or [clients]
+    clients = max(sweep)
+    env["WHISPER_MAX_QUEUE"] = str(2 * clients)
+    print(
+        f"service: {gpus} GPU(s), {sweep} clients, max batch size {max_batch_size}, continuous {continuous}", flush=True
+    )
     service = ServiceProcess(
         Path(tempfile.mkdtemp(prefix="service-", dir=workdir)), load_settings().model_cache_dir, STARTUP_SECONDS,
         WHISPER_LOG_LEVEL="warning", **env,
     )  # fmt: skip
     with service, GpuMemory() as memory:
-        # graphs are captured at start-up; the warm-up lets allocators, caches and the clients settle
-        closed_loop(service.url, clips, payloads, clients, args.warmup)
-        before = service.metric_samples()
-        with sampled_stacks(service, args.profile_worker, profile_output):
-            load = closed_loop(service.url, clips, payloads, clients, seconds)
-        after = service.metric_samples()
-        result = {
-            "gpus": gpus,
-            "clients": clients,
-            "max_batch_size": max_batch_size,
-            "requests": len(load.latencies),
-            "errors": load.errors,
-            "audio_seconds": round(load.audio_seconds, 1),
-            "wall_seconds": round(load.wall_seconds, 2),
-            "rtf": round(load.audio_seconds / load.wall_seconds, 1),
-            "p50_ms": round(1000 * percentile(load.latencies, 0.50)) if load.latencies else None,
-            "p95_ms": round(1000 * percentile(load.latencies, 0.95)) if load.latencies else None,
-            "p99_ms": round(1000 * percentile(load.latencies, 0.99)) if load.latencies else None,
-            "batch_size": histogram_delta(before, after, "whisper_batch_size"),
-            "windows_per_pass": histogram_delta(before, after, "whisper_batch_windows"),
-            "worker_busy_share": busy_share(before, after, load.wall_seconds),
-            # where a request's time went, server side: arrival to answer, ffmpeg, queued until its
-            # pass began, one pass; the rest of arrival-to-answer is the HTTP process's own
-            "mean_seconds": {
-                part: histogram_delta(before, after, name)["mean"]
-                for part, name in (
-                    ("request", "whisper_request_duration_seconds"),
-                    ("decode", "whisper_audio_decode_seconds"),
-                    ("queue_wait", "whisper_queue_wait_seconds"),
-                    ("pass", "whisper_inference_seconds"),
-                )
-            },
-        }
-        if load.errors:
-            print(f"errors {load.errors}; the service's log ends:\n{service.logs()}", flush=True)
+        curve = []
+        for index, count in enumerate(sweep):
+            # graphs are captured at start-up; the warm-up lets allocators, caches and the clients settle
+            closed_loop(service.url, clips, payloads, count, args.warmup)
+            curve.append(
+                measure_load(args, service, clips, payloads, gpus, count, max_batch_size, seconds,
+                             profile_output if index == len(sweep) - 1 else None)
+            )  # fmt: skip
+            print(json.dumps(curve[-1]), flush=True)
+        result = dict(curve[0])
+        result["continuous_batching"] = continuous
+        if len(curve) > 1:
+            result["sweep"] = curve
         if lone is not None:
             result["lone_10s"] = lone_latency(service.url, lone, payloads[lone.file])
         result["gpu"] = memory.summary()
-    print(json.dumps(result), flush=True)
+    print(json.dumps({k: v for k, v in result.items() if k != "sweep"}), flush=True)
+    return result
+
+
+def measure_load(
+    args: argparse.Namespace, service: ServiceProcess, clips: list[Clip], payloads: dict[str, bytes], gpus: int,
+    clients: int, max_batch_size: int, seconds: float, profile_output: Path | None,
+) -> dict:  # fmt: skip
+    """One measured closed-loop run of `clients` on a warmed-up service."""
+    before = service.metric_samples()
+    with sampled_stacks(service, args.profile_worker, profile_output):
+        load = closed_loop(service.url, clips, payloads, clients, seconds)
+    after = service.metric_samples()
+    short = [latency for latency, clip_seconds in load.timed if clip_seconds <= SHORT_CLIP_SECONDS]
+    result = {
+        "gpus": gpus,
+        "clients": clients,
+        "max_batch_size": max_batch_size,
+        "requests": len(load.latencies),
+        "errors": load.errors,
+        "audio_seconds": round(load.audio_seconds, 1),
+        "wall_seconds": round(load.wall_seconds, 2),
+        "rtf": round(load.audio_seconds / load.wall_seconds, 1),
+        "p50_ms": round(1000 * percentile(load.latencies, 0.50)) if load.latencies else None,
+        "p95_ms": round(1000 * percentile(load.latencies, 0.95)) if load.latencies else None,
+        "p99_ms": round(1000 * percentile(load.latencies, 0.99)) if load.latencies else None,
+        "clips_up_to_30s_p50_ms": round(1000 * percentile(short, 0.50)) if short else None,
+        "clips_up_to_30s_p95_ms": round(1000 * percentile(short, 0.95)) if short else None,
+        "batch_size": histogram_delta(before, after, "whisper_batch_size"),
+        "windows_per_pass": histogram_delta(before, after, "whisper_batch_windows"),
+        "worker_busy_share": busy_share(before, after, load.wall_seconds),
+        # where a request's time went, server side: arrival to answer, ffmpeg, queued until its
+        # pass began, one pass; the rest of arrival-to-answer is the HTTP process's own
+        "mean_seconds": {
+            part: histogram_delta(before, after, name)["mean"]
+            for part, name in (
+                ("request", "whisper_request_duration_seconds"),
+                ("decode", "whisper_audio_decode_seconds"),
+                ("queue_wait", "whisper_queue_wait_seconds"),
+                ("pass", "whisper_inference_seconds"),
+            )
+        },
+    }
+    if load.errors:
+        print(f"errors {load.errors}; the service's log ends:\n{service.logs()}", flush=True)
     return result
 
 
@@ -344,6 +385,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="synthetic:medium")
     parser.add_argument("--tokens", type=int, default=100, help="WHISPER_SYNTHETIC_TOKENS")
+    parser.add_argument(
+        "--tokens-per-second", type=float, default=None,
+        help="realistic decode lengths: tokens per second of each window (default: the clips' own rate, "
+        "from their text; 0 keeps --tokens per window)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--continuous",
+        default="off",
+        help="WHISPER_CONTINUOUS_BATCHING values to measure in turn, e.g. off,on,on+http4 (+httpN: N HTTP processes)",
+    )
+    parser.add_argument("--sweep", default="", help="client counts measured on one service, e.g. 16,64,256")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--gpus", default="1", help="GPU counts to measure, e.g. 1,2; the first is the main run")
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients per GPU")
@@ -372,17 +424,35 @@ def main() -> None:
         workdir = Path(scratch)
         clips_dir = args.clips or workdir / "clips"
         clips, lone = load_clips(clips_dir) if args.clips else make_clips(clips_dir, 60, 4, seed=0)
+        if args.tokens_per_second is None:
+            args.tokens_per_second = tokens_per_second(clips)
         payloads = {c.file: (clips_dir / c.file).read_bytes() for c in [*clips, lone]}
         report: dict = {
             "device": gpu_name() if args.device == "cuda" else "cpu",
             "model_shape": args.model.removeprefix("synthetic:"),
-            "tokens_per_window": args.tokens,
+            "tokens_per_window": None if args.tokens_per_second else args.tokens,
+            "tokens_per_second": args.tokens_per_second or None,
             "clips": {
                 "count": len(clips),
                 "seconds": round(sum(c.seconds for c in clips), 1),
                 "format": "espeak-ng speech, 16 kHz mono Opus, 5-30 s and 2-5 min",
             },
         }
+        sweep = [int(c) for c in args.sweep.split(",") if c]
+        modes = args.continuous.split(",")
+        if sweep:
+            report["command"] = "python -m scripts.bench " + shlex.join(sys.argv[1:])
+            report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            report["modes"] = {}
+            for mode in modes:
+                report["modes"][mode] = run_service(
+                    args, workdir, clips, payloads, lone, gpu_counts[0], args.clients, args.max_batch_size,
+                    args.duration, output.with_suffix(f".stacks-{mode.replace('+', '-')}.txt"), continuous=mode,
+                    sweep=sweep,
+                )  # fmt: skip
+                output.write_text(json.dumps(report, indent=1) + "\n")
+            print(f"wrote {output}")
+            return
         by_gpus = {}
         for gpus in gpu_counts:
             by_gpus[str(gpus)] = run_service(

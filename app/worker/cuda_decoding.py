@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -59,7 +59,9 @@ class BatchDecoder(Protocol):
 
     capacity: int
 
-    def __call__(self, features: Tensor, options: DecodingOptions) -> list[DecodingResult]: ...
+    def __call__(
+        self, features: Tensor, options: DecodingOptions, limits: Sequence[int] | None = None
+    ) -> list[DecodingResult]: ...
 
     def prepare(self, options: DecodingOptions) -> int:
         """Do the one-time work for `options` at every batch size now; returns how many graphs it made."""
@@ -73,7 +75,10 @@ class WhisperDecoder:
         self.model = model
         self.capacity = capacity
 
-    def __call__(self, features: Tensor, options: DecodingOptions) -> list[DecodingResult]:
+    def __call__(
+        self, features: Tensor, options: DecodingOptions, limits: Sequence[int] | None = None
+    ) -> list[DecodingResult]:
+        # per-window limits (the synthetic model's realistic lengths) are the graphed decoders' only
         return whisper.decode(self.model, features, options)
 
     def prepare(self, options: DecodingOptions) -> int:
@@ -208,6 +213,8 @@ class GraphedGreedyDecoder:
         self.penultimate_is_timestamp = zeros(capacity, dtype=torch.bool)
         self.last_timestamp = zeros(capacity, dtype=torch.long)
         self.padding = zeros(capacity, dtype=torch.bool)
+        # the most tokens each row may decode before it is ended
+        self.limits = torch.full((capacity,), dims.n_text_ctx, dtype=torch.long, device=model.device)
         # a step's activations between its graphs: the residual stream, a query, attended values
         self.hidden = zeros(capacity, 1, width)
         self.query = zeros(capacity, 1, width)
@@ -223,7 +230,11 @@ class GraphedGreedyDecoder:
         # one stream for every capture's warm-up run: a new stream per capture costs a driver call
         self.capture_stream = torch.cuda.Stream(model.device) if self.use_graphs else None  # type: ignore[no-untyped-call]
 
-    def __call__(self, features: Tensor, options: DecodingOptions) -> list[DecodingResult]:
+    def __call__(
+        self, features: Tensor, options: DecodingOptions, limits: Sequence[int] | None = None
+    ) -> list[DecodingResult]:
+        """`limits`: the most tokens each window may decode (it then ends), as the synthetic model's
+        realistic lengths ask; None lets every window run to end-of-text or the plan's limit."""
         prepared = greedy_plan(self.model, options) if features.dtype == self.dtype else None
         if prepared is None:
             return whisper.decode(self.model, features, options)
@@ -231,8 +242,9 @@ class GraphedGreedyDecoder:
         results = []
         for first in range(0, len(features), self.capacity):
             chunk = features[first : first + self.capacity]
+            chunk_limits = None if limits is None else limits[first : first + self.capacity]
             with self.on_device():
-                tokens, sum_logprobs, no_speech = self._decode_chunk(chunk, plan, initial_tokens)
+                tokens, sum_logprobs, no_speech = self._decode_chunk(chunk, plan, initial_tokens, limits=chunk_limits)
             rows = zip(tokens, sum_logprobs, no_speech, strict=True)
             for row, (sequence, logprob, no_speech_prob) in enumerate(rows):
                 if plan.eot in sequence:
@@ -296,11 +308,15 @@ class GraphedGreedyDecoder:
         plan: GreedyPlan,
         initial_tokens: tuple[int, ...],
         max_tokens: int | None = None,
+        limits: Sequence[int] | None = None,
     ) -> tuple[list[list[int]], list[float], list[float]]:
         n_windows = len(features)
         rows = self.bucket(n_windows)
         constants = self._constants(plan)
         self.features[:n_windows].copy_(features)
+        self.limits.fill_(self.model.dims.n_text_ctx)
+        if limits is not None:
+            self.limits[:n_windows].copy_(torch.tensor(list(limits), dtype=torch.long))
         constants.initial[:rows].copy_(torch.tensor(initial_tokens, device=features.device).expand(rows, -1))
         self.padding[:rows].copy_(torch.arange(rows, device=features.device) >= n_windows)
         self._runner(("prefill", plan, rows), lambda: self._prefill(plan, constants, rows))()
@@ -517,6 +533,9 @@ class GraphedGreedyDecoder:
 
     def _record(self, plan: GreedyPlan, rows: int, chosen: Tensor, first: bool) -> None:
         """Append the chosen tokens and update what the timestamp rules remember of each row."""
+        if not first:
+            # a row that reached its limit ends here, as if the model had chosen end-of-text
+            chosen = torch.where(self.sampled >= self.limits[:rows], plan.eot, chosen)
         is_timestamp = chosen >= plan.timestamp_begin
         if first:
             # whisper treats a missing penultimate token as a timestamp

@@ -200,11 +200,11 @@ class Transcriber:
         )
 
     @torch.inference_mode()
-    def encode(self, waveforms: Sequence[np.ndarray]) -> torch.Tensor:
-        """Encoder features for windows, ENCODER_WINDOWS at a time (the activations stay bounded)."""
+    def encode(self, waveforms: Sequence[np.ndarray], chunk: int | None = None) -> torch.Tensor:
+        """Encoder features for windows, `chunk` (default: ENCODER_WINDOWS or the pass's size) at a time."""
         dtype = torch.float16 if self.fp16 else torch.float32
         passes = []
-        step = min(self.max_windows_per_pass, cuda_decoding.ENCODER_WINDOWS)
+        step = chunk or min(self.max_windows_per_pass, cuda_decoding.ENCODER_WINDOWS)
         for first in range(0, len(waveforms), step):
             chunk = waveforms[first : first + step]
             mel = log_mel_batch(chunk, self.model.dims.n_mels, self.device).to(dtype)
@@ -232,16 +232,25 @@ class Transcriber:
 
     @torch.inference_mode()
     def decode_with_fallback(
-        self, features: torch.Tensor, options: DecodingOptions, temperatures: Sequence[float] = TEMPERATURES
+        self,
+        features: torch.Tensor,
+        options: DecodingOptions,
+        temperatures: Sequence[float] = TEMPERATURES,
+        limits: Sequence[int | None] | None = None,
     ) -> list[DecodingResult]:
-        """Greedy decoding; windows that fail transcribe()'s quality checks retry, together, hotter."""
+        """Greedy decoding; windows that fail transcribe()'s quality checks retry, together, hotter.
+
+        `limits`: per window, the synthetic model's realistic decode length (None: no limit)."""
         results: list[DecodingResult | None] = [None] * len(features)
         pending = list(range(len(features)))
         for temperature in temperatures:
             attempt = replace(options, temperature=temperature)
             for first in range(0, len(pending), self.max_windows_per_pass):
                 chunk = pending[first : first + self.max_windows_per_pass]
-                for index, result in zip(chunk, self.decode(features[chunk], attempt), strict=True):
+                chunk_limits = None
+                if limits is not None and any(limits[i] is not None for i in chunk):
+                    chunk_limits = [limits[i] or self.model.dims.n_text_ctx for i in chunk]
+                for index, result in zip(chunk, self.decode(features[chunk], attempt, chunk_limits), strict=True):
                     results[index] = result
             pending = [i for i in pending if needs_fallback(results[i])]
             if not pending:
@@ -277,7 +286,8 @@ class Transcriber:
             for (language, task, prompt, temperatures), positions in self.decoding_groups(asked, languages, windows):
                 tokenizer = self.tokenizer(task, language)
                 decoding = self.decoding_options(task, language, prompt)
-                results = self.decode_with_fallback(features[positions], decoding, temperatures)
+                limits = [synthetic.window_tokens(self.model, windows[p].end - windows[p].start) for p in positions]
+                results = self.decode_with_fallback(features[positions], decoding, temperatures, limits)
                 for position, result in zip(positions, results, strict=True):
                     if is_silence(result):
                         continue

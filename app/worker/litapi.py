@@ -16,12 +16,37 @@ import torch
 
 from app import metrics
 from app.config import ConfigurationError, Settings
-from app.contract import ItemError, PassStatistics, QueuedJob, Reason, Reported, WorkerTiming, read_waveform
+from app.contract import (
+    ItemError,
+    Outcome,
+    PassStatistics,
+    QueuedJob,
+    Reason,
+    Reported,
+    Transcript,
+    WorkerTiming,
+    read_waveform,
+)
 from app.worker.engine import AudioJob, Transcriber
 from app.worker.loading import load_model, model_display_name
+from app.worker.scheduler import ContinuousScheduler
+from app.worker.slot_decoding import slots_that_fit
 from app.worker.vad import VadSplitter
 
 log = logging.getLogger(__name__)
+
+
+# windows per pass of the static decoder beside the continuous one (sampling, temperature fallback)
+STATIC_WINDOWS = 16
+# continuous batching records GPU memory once per this many steps
+MEMORY_EVERY_STEPS = 64
+
+
+def continuous_batching(settings: Settings) -> bool:
+    """WHISPER_CONTINUOUS_BATCHING: "auto" is on where the model runs on a GPU."""
+    if settings.continuous_batching == "auto":
+        return resolve_device(settings.device) == "cuda"
+    return settings.continuous_batching == "on"
 
 
 def resolve_device(setting: str) -> str:
@@ -58,18 +83,76 @@ class WhisperLitAPI(ls.LitAPI):
             torch.cuda.set_device(device)
         settings = self.settings
         model = load_model(self.model_spec, device, settings.model_cache_dir, settings.synthetic_tokens)
+        if settings.synthetic_tokens_per_second and hasattr(model, "tokens_per_second"):
+            model.tokens_per_second = settings.synthetic_tokens_per_second
         # LitServe numbers its workers; with several per device the label tells them apart
         self.worker_label = f"{device}/{os.environ.get('LITSERVE_WORKER_ID', '0')}"
         # workers on one GPU start together and each would see the whole card free
         gpu_share = 1.0 / settings.workers_per_device
-        self.transcriber = Transcriber(
-            model,
-            settings.max_windows_per_pass,
-            gpu_share,
-            splitter=VadSplitter(model.device, enabled=settings.vad),
-            model_name=model_display_name(self.model_spec),
-        )
+        self.scheduler: ContinuousScheduler | None = None
+        self.aside: list[tuple[str, AudioJob]] = []
+        self.steps = 0
+        splitter = VadSplitter(model.device, enabled=settings.vad)
+        name = model_display_name(self.model_spec)
+        if continuous_batching(settings):
+            # the static decoder only serves what the slots do not (sampling, fallback): it stays small
+            static_windows = min(STATIC_WINDOWS, settings.max_windows_per_pass)
+            self.transcriber = Transcriber(model, static_windows, gpu_share, splitter=splitter, model_name=name)
+            slots = settings.max_windows_per_pass
+            if model.device.type == "cuda":
+                # sized to the memory free once the static decoder holds its part
+                slots = slots_that_fit(model, slots, gpu_share)
+            self.scheduler = ContinuousScheduler(self.transcriber, slots)
+        else:
+            self.transcriber = Transcriber(
+                model, settings.max_windows_per_pass, gpu_share, splitter=splitter, model_name=name
+            )
         log.info("model %s ready on %s", self.model_spec, device)
+
+    # -- continuous batching (app.litserve_adapter.ContinuousLoop drives these) --------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request is in the worker: in the slots, waiting for one, or aside."""
+        return bool(self.aside) or (self.scheduler is not None and self.scheduler.busy)
+
+    def submit(self, uid: str, job: AudioJob) -> None:
+        """A request joins the running decode at the next step (or goes aside, for the static way)."""
+        if self.scheduler is not None and self.scheduler.takes(job):
+            self.scheduler.submit(uid, job)
+        else:
+            self.aside.append((uid, job))
+
+    def step(self) -> list[tuple[str, Reported]]:
+        """Requests aside in one static pass, then one scheduler step; the answers of both.
+
+        For the metrics a step is a pass: its time, the windows in the slots, the requests it answered.
+        """
+        started = time.monotonic()
+        answers: list[tuple[str, Outcome, float]] = []
+        if self.aside:
+            jobs = [job for _, job in self.aside]
+            result = self.transcriber.run_isolated(jobs)
+            answers.extend(
+                (uid, outcome, started) for (uid, _), outcome in zip(self.aside, result.outcomes, strict=True)
+            )
+            self.aside = []
+        occupied = self.scheduler.occupied if self.scheduler is not None else 0
+        if self.scheduler is not None:
+            answers.extend((f.key, f.outcome, f.started_at) for f in self.scheduler.step())
+        finished_at = time.monotonic()
+        audio = sum(outcome.duration for _, outcome, _ in answers if isinstance(outcome, Transcript))
+        self.steps += 1
+        # reading the allocator's statistics costs more than a step's launches: once in a while
+        self.record(
+            WorkerTiming(started, finished_at - started, len(answers)),
+            PassStatistics(occupied, audio),
+            memory=self.steps % MEMORY_EVERY_STEPS == 0,
+        )
+        return [
+            (uid, Reported(outcome, WorkerTiming(began, finished_at - began, occupied)))
+            for uid, outcome, began in answers
+        ]
 
     def decode_request(self, request: QueuedJob) -> AudioJob | ItemError:
         metrics.QUEUE_WAIT.labels(self.worker_label).observe(time.monotonic() - request.submitted_at)
@@ -98,13 +181,13 @@ class WhisperLitAPI(ls.LitAPI):
         outcomes = iter(result.outcomes)
         return [Reported(next(outcomes), timing) if isinstance(item, AudioJob) else item for item in items]
 
-    def record(self, timing: WorkerTiming, statistics: PassStatistics) -> None:
+    def record(self, timing: WorkerTiming, statistics: PassStatistics, memory: bool = True) -> None:
         label = self.worker_label
         metrics.INFERENCE_SECONDS.labels(label).observe(timing.inference_seconds)
         metrics.BATCH_SIZE.labels(label).observe(timing.batch_size)
         metrics.BATCH_WINDOWS.labels(label).observe(statistics.windows)
         metrics.AUDIO_SECONDS.labels(label).inc(statistics.audio_seconds)
-        if self.transcriber.device.type == "cuda":
+        if memory and self.transcriber.device.type == "cuda":
             device = self.transcriber.device
             metrics.GPU_MEMORY.labels(label, "allocated").set(torch.cuda.memory_allocated(device))
             metrics.GPU_MEMORY.labels(label, "reserved").set(torch.cuda.memory_reserved(device))

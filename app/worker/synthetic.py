@@ -4,16 +4,20 @@
 the layers, widths and vocabulary of that checkpoint, so every request costs what it would cost with
 the real weights, but no download is needed. Each 30-second window decodes exactly
 `WHISPER_SYNTHETIC_TOKENS` tokens (default 100): end-of-text is suppressed and the decode stops at that
-length. Its transcripts are word salad: never use it where recognition quality matters.
+length. With `WHISPER_SYNTHETIC_TOKENS_PER_SECOND` set, each window instead decodes as many tokens as
+speech of that length carries at that rate (scripts/bench_clips.py measures the rate from its clips'
+own text), so short windows end early as real ones do. Its transcripts are word salad: never use it
+where recognition quality matters.
 """
 
 from __future__ import annotations
 
 import torch
+from whisper.audio import SAMPLE_RATE
 from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import get_tokenizer
 
-from app.config import DEFAULT_TOKENS_PER_WINDOW
+from app.config import DEFAULT_TOKENS_PER_WINDOW, MAX_TOKENS_PER_WINDOW
 
 SPEC_PREFIX = "synthetic:"
 SEED = 0
@@ -62,12 +66,22 @@ class SyntheticWhisper(Whisper):
         super().__init__(SHAPES[shape])
         self.shape = shape
         self.tokens_per_window = tokens_per_window
+        # 0: every window decodes tokens_per_window; above 0: tokens per second of the window's audio
+        self.tokens_per_second = 0.0
 
     def decoding_overrides(self) -> dict[str, object]:
-        """DecodingOptions fields that make every window decode exactly `tokens_per_window` tokens."""
+        """DecodingOptions fields that make every window decode exactly `tokens_per_window` tokens
+        (or, by tokens_per_second, at most the longest window's: each window then ends at its own)."""
         eot = get_tokenizer(self.is_multilingual, num_languages=self.num_languages).eot
+        length = MAX_TOKENS_PER_WINDOW if self.tokens_per_second else self.tokens_per_window
         # "-1" keeps whisper's usual suppression of non-speech symbols
-        return {"sample_len": self.tokens_per_window, "suppress_tokens": f"-1,{eot}"}
+        return {"sample_len": length, "suppress_tokens": f"-1,{eot}"}
+
+    def window_tokens(self, samples: int) -> int | None:
+        """Tokens a window of `samples` decodes at tokens_per_second; None in the fixed-count mode."""
+        if not self.tokens_per_second:
+            return None
+        return max(1, min(MAX_TOKENS_PER_WINDOW, round(self.tokens_per_second * samples / SAMPLE_RATE)))
 
 
 def is_synthetic_spec(spec: str) -> bool:
@@ -99,6 +113,11 @@ def build_model(
         # whisper leaves this parameter uninitialised: checkpoints always provide it
         model.decoder.positional_embedding.normal_(0.0, POSITION_SPREAD)
     return model.eval()
+
+
+def window_tokens(model: Whisper, samples: int) -> int | None:
+    """The decode length of a window of `samples` for a synthetic model at a speech rate; else None."""
+    return model.window_tokens(samples) if isinstance(model, SyntheticWhisper) else None
 
 
 def decoding_overrides(model: Whisper) -> dict[str, object]:

@@ -164,3 +164,23 @@ def test_decoding_outside_inference_mode_keeps_no_autograd_history(
     decoder(features.clone(), options)
     for buffer in (decoder.hidden, decoder.self_keys, decoder.cross_keys, decoder.sum_logprobs):
         assert not buffer.requires_grad
+
+
+def test_rows_end_at_their_own_limits(tiny: synthetic.SyntheticWhisper, features: torch.Tensor) -> None:
+    """The synthetic model's realistic lengths: each row stops at its limit, the others run on."""
+    options = GREEDY_OPTIONS["synthetic"]
+    with torch.inference_mode():
+        expected = whisper.decode(tiny, features, options)
+        got = GraphedGreedyDecoder(tiny, capacity=4)(features, options, limits=[2, TOKENS, 4])
+    assert [len(result.tokens) for result in got] == [2, TOKENS, 4]
+    assert [result.tokens for result in got] == [
+        reference.tokens[: len(r.tokens)] for reference, r in zip(expected, got, strict=True)
+    ]
+
+
+def test_realistic_window_lengths() -> None:
+    model = synthetic.build_model("tiny", "cpu", tokens_per_window=TOKENS)
+    assert synthetic.window_tokens(model, 160000) is None
+    model.tokens_per_second = 3.654
+    assert [synthetic.window_tokens(model, seconds * 16000) for seconds in (0, 10, 30, 120)] == [1, 37, 110, 224]
+    assert model.decoding_overrides()["sample_len"] == synthetic.MAX_TOKENS_PER_WINDOW

@@ -1,0 +1,579 @@
+"""Greedy decoding in slots: every row holds one window at its own position, so windows join and leave
+the running decode at any step (iteration-level scheduling, as LLM servers do it).
+
+Each slot keeps its own self-attention cache and the cross-attention keys and values computed once
+from its window's encoder output. `admit` prefills new windows into free slots between steps; `step`
+advances every occupied slot by one token; a slot whose window ended is free again at once. The
+tokens are whisper.decode's, bit for bit: the self-attention over rows of different lengths is
+flash attention's variable-length form (each row reads exactly its own keys, as whisper's dense call
+does), used only where a start-up probe finds it bit-identical to the dense call; otherwise rows of
+equal length are attended together with whisper's own call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from whisper.model import ResidualAttentionBlock, Whisper
+
+from app.worker.cuda_decoding import NEG_INF, GreedyPlan, bytes_per_window, encoder_workspace
+
+log = logging.getLogger(__name__)
+
+# slot counts that get a step graph each: a step runs the smallest bucket that covers every occupied slot
+SMALL_BUCKETS = (1, 2, 4, 8, 16)
+BUCKET_STEP = 16
+# share of the GPU memory free after loading the model that the slots may take
+MEMORY_FRACTION = 0.9
+
+
+def shared_plan(plan: GreedyPlan) -> GreedyPlan:
+    """What rows decoding side by side must agree on: everything but their initial tokens and length."""
+    return dataclasses.replace(plan, n_initial=0, sot_index=0, max_tokens=0)
+
+
+@dataclass
+class _Snapshot:
+    """The per-slot results as they stood after one step, copied to the host without a wait."""
+
+    done: Tensor
+    n_sampled: Tensor
+    sum_logprobs: Tensor
+    no_speech: Tensor
+    tokens: Tensor
+    event: torch.cuda.Event | None
+    step: int = -1
+    rows: int = 0
+
+    @classmethod
+    def empty(cls, capacity: int, n_ctx: int, pinned: bool) -> _Snapshot:
+        def host(*shape: int, dtype: torch.dtype) -> Tensor:
+            return torch.zeros(*shape, dtype=dtype, pin_memory=pinned)
+
+        return cls(
+            done=host(capacity, dtype=torch.bool),
+            n_sampled=host(capacity, dtype=torch.long),
+            sum_logprobs=host(capacity, dtype=torch.float32),
+            no_speech=host(capacity, dtype=torch.float32),
+            tokens=host(capacity, n_ctx, dtype=torch.long),
+            event=torch.cuda.Event() if pinned else None,
+        )
+
+    def take(self, decoder: SlotDecoder, rows: int, step: int) -> None:
+        """Queue the copies of rows [0, rows) after the step just queued."""
+        for target, source in (
+            (self.done, decoder.done), (self.n_sampled, decoder.n_sampled), (self.sum_logprobs, decoder.sum_logprobs),
+            (self.no_speech, decoder.no_speech), (self.tokens, decoder.tokens),
+        ):  # fmt: skip
+            target[:rows].copy_(source[:rows], non_blocking=self.event is not None)
+        if self.event is not None:
+            self.event.record()
+        self.step, self.rows = step, rows
+
+
+@dataclass(frozen=True)
+class SlotResult:
+    """One finished window: its sampled tokens (end-of-text cut off) and whisper's per-window figures."""
+
+    slot: int
+    tokens: list[int]
+    sum_logprob: float
+    no_speech_prob: float
+
+
+def slots_that_fit(model: Whisper, requested: int, gpu_share: float = 1.0) -> int:
+    """`requested`, or fewer slots where this worker's part of the GPU's memory holds fewer."""
+    free, total = torch.cuda.mem_get_info(model.device)
+    usable = int(min(free, int(total * gpu_share)) * MEMORY_FRACTION) - encoder_workspace(model)
+    fit = max(1, usable // bytes_per_window(model))
+    if fit < requested:
+        log.warning("%d decoding slots fit in free GPU memory; %d were asked for", fit, requested)
+    return min(requested, fit)
+
+
+def bucket(n_slots: int, capacity: int) -> int:
+    """Rows a step over slots [0, n_slots) runs with: a graph's batch size, at most `capacity`."""
+    size = next((s for s in SMALL_BUCKETS if s >= n_slots), math.ceil(n_slots / BUCKET_STEP) * BUCKET_STEP)
+    return min(size, capacity)
+
+
+def dense_attention(query: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """whisper's call: (rows, heads, 1, d) queries over (rows, heads, n, d) keys, no mask."""
+    return F.scaled_dot_product_attention(query, keys, values)
+
+
+def varlen_attention(query: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, offsets: Tensor) -> Tensor:
+    """Flash attention of one query per row over the first `lengths[row]` keys of that row's cache.
+
+    query: (rows, heads, d); keys, values: (rows * n_ctx, heads, d); lengths: (rows,) int32;
+    offsets: int32 0, 1, 2, ... (at least rows + 1 of them). Shapes and pointers stay fixed, so a
+    CUDA graph can hold the call.
+    """
+    rows = query.shape[0]
+    n_ctx = keys.shape[0] // rows
+    output, *_ = torch.ops.aten._flash_attention_forward(
+        query, keys, values, offsets[: rows + 1], offsets[: rows + 1] * n_ctx, 1, n_ctx, 0.0, False, False,
+        seqused_k=lengths,
+    )  # fmt: skip
+    return output
+
+
+class SlotDecoder:
+    """Greedy decoding of up to `capacity` windows, each in its own slot and at its own position.
+
+    >>> decoder = SlotDecoder(model, capacity=256)
+    >>> decoder.admit([0, 1], features, plan, initial_tokens, limits=[224, 224])
+    >>> while decoder.occupied: finished = decoder.step()
+    """
+
+    def __init__(self, model: Whisper, capacity: int, use_graphs: bool | None = None) -> None:
+        self.model = model
+        self.capacity = capacity
+        device = model.device
+        self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
+        self.dtype = torch.float16 if device.type == "cuda" else torch.float32
+        dims = model.dims
+        self.n_head = dims.n_text_head
+        self.n_ctx = dims.n_text_ctx
+        self.n_layers = dims.n_text_layer
+
+        def zeros(*shape: int, dtype: torch.dtype = self.dtype) -> Tensor:
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        layers, width = dims.n_text_layer, dims.n_text_state
+        self.cross_keys = zeros(layers, capacity, dims.n_audio_ctx, width)
+        self.cross_values = zeros(layers, capacity, dims.n_audio_ctx, width)
+        self.self_keys = zeros(layers, capacity, dims.n_text_ctx, width)
+        self.self_values = zeros(layers, capacity, dims.n_text_ctx, width)
+        self.embedding_t = model.decoder.token_embedding.weight.to(self.dtype).t()
+        self.vocabulary = torch.arange(dims.n_vocab, device=device)
+        self.slot_index = torch.arange(capacity, device=device)
+        # per-slot state, updated in place so that every replay sees the same memory
+        self.next_token = zeros(capacity, dtype=torch.long)
+        self.n_initial = torch.ones(capacity, dtype=torch.long, device=device)
+        # tokens sampled so far, the one being fed included
+        self.n_sampled = torch.ones(capacity, dtype=torch.long, device=device)
+        self.limit = torch.ones(capacity, dtype=torch.long, device=device)
+        self.sum_logprobs = zeros(capacity, dtype=torch.float32)
+        self.no_speech = zeros(capacity, dtype=torch.float32)
+        self.tokens = zeros(capacity, dims.n_text_ctx, dtype=torch.long)
+        self.last_is_timestamp = zeros(capacity, dtype=torch.bool)
+        self.penultimate_is_timestamp = zeros(capacity, dtype=torch.bool)
+        self.last_timestamp = zeros(capacity, dtype=torch.long)
+        # a free slot counts as done: it never advances and its rows' results are ignored
+        self.done = torch.ones(capacity, dtype=torch.bool, device=device)
+        self.lengths = torch.ones(capacity, dtype=torch.int32, device=device)
+        self.offsets = torch.arange(capacity + 1, dtype=torch.int32, device=device)
+        self.hidden = zeros(capacity, 1, width)
+        self.query = zeros(capacity, 1, width)
+        self.attended = zeros(capacity, 1, width)
+        self.plan: GreedyPlan | None = None
+        self.suppress: Tensor | None = None
+        # host side: which slots hold a window, and each one's key count (for grouped attention)
+        self.occupant: list[bool] = [False] * capacity
+        self.host_lengths: list[int] = [0] * capacity
+        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self.graph_pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self.capture_stream = torch.cuda.Stream(device) if self.use_graphs else None
+        self.varlen = self.use_graphs and varlen_is_exact(device, self.n_head, width // self.n_head, self.n_ctx)
+        # results leave the GPU one step behind: step N's state is copied out while step N + 1 runs,
+        # so the host never waits for the GPU to finish the step it just queued
+        self.snapshots = [_Snapshot.empty(capacity, self.n_ctx, self.use_graphs) for _ in range(2)]
+        self.steps = 0
+        # the first step that includes each slot's window
+        self.admitted_at: list[int] = [0] * capacity
+        log.info("slot decoder: %d slots, %s self-attention", capacity, "varlen" if self.varlen else "grouped")
+
+    # -- host bookkeeping ---------------------------------------------------------------------------
+
+    @property
+    def occupied(self) -> int:
+        return sum(self.occupant)
+
+    def free_slots(self) -> list[int]:
+        return [slot for slot, taken in enumerate(self.occupant) if not taken]
+
+    def rows(self) -> int:
+        """The bucket covering every occupied slot."""
+        highest = max((slot for slot, taken in enumerate(self.occupant) if taken), default=0)
+        return bucket(highest + 1, self.capacity)
+
+    def accepts(self, plan: GreedyPlan) -> bool:
+        """Whether windows of `plan` can decode beside the windows in the slots now."""
+        return self.plan is None or self.occupied == 0 or shared_plan(plan) == self.plan
+
+    def on_device(self) -> contextlib.AbstractContextManager:
+        return torch.cuda.device(self.model.device) if self.use_graphs else contextlib.nullcontext()
+
+    # -- admission ----------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def admit(
+        self, slots: Sequence[int], features: Tensor, plan: GreedyPlan, initial_tokens: Sequence[int],
+        limits: Sequence[int],
+    ) -> None:  # fmt: skip
+        """Prefill windows (their encoder `features`) into free `slots`: cross-attention keys and values,
+        the initial tokens, the first choice. All share `plan` and `initial_tokens`."""
+        if not self.accepts(plan):
+            raise ValueError("windows of another decoding plan are in the slots")
+        self._configure(plan)
+        shared = self.plan
+        with self.on_device():
+            device = self.model.device
+            index = torch.tensor(list(slots), dtype=torch.long, device=device)
+            decoder = self.model.decoder
+            n_initial = plan.n_initial
+            rows = len(slots)
+            initial = torch.tensor(list(initial_tokens), dtype=torch.long, device=device).expand(rows, -1)
+            x = (decoder.token_embedding(initial) + decoder.positional_embedding[:n_initial]).to(self.dtype)
+            for layer, block in enumerate(decoder.blocks):
+                # one layer's cross-attention keys and values at a time: all layers' for a large
+                # admission would take tens of GB beside the caches they are copied into
+                cross_keys, cross_values = block.cross_attn.key(features), block.cross_attn.value(features)
+                self.cross_keys[layer].index_copy_(0, index, cross_keys)
+                self.cross_values[layer].index_copy_(0, index, cross_values)
+                attention = block.attn
+                h = block.attn_ln(x)
+                keys, values = attention.key(h), attention.value(h)
+                self.self_keys[layer, :, :n_initial].index_copy_(0, index, keys)
+                self.self_values[layer, :, :n_initial].index_copy_(0, index, values)
+                attended = self._attend(attention.query(h), keys, values, causal=n_initial > 1)
+                x = x + attention.out(attended)
+                x = self._cross_attention_and_mlp(block, x, cross_keys, cross_values)
+                del cross_keys, cross_values
+            logits = (decoder.ln(x) @ self.embedding_t).float()
+            no_speech = torch.full((rows,), math.nan, device=device)
+            if plan.no_speech is not None:
+                no_speech = logits[:, plan.sot_index].float().softmax(dim=-1)[:, plan.no_speech]
+            logits = logits[:, -1]
+            if plan.suppress_first:
+                logits.index_fill_(1, torch.tensor(plan.suppress_first, device=device), NEG_INF)
+            if self.suppress is not None:
+                logits.index_fill_(1, self.suppress, NEG_INF)
+            if shared.timestamps:
+                if shared.no_timestamps is not None:
+                    logits[:, shared.no_timestamps] = NEG_INF
+                logits[:, : shared.timestamp_begin] = NEG_INF
+                if shared.max_initial_timestamp_index is not None:
+                    logits[:, shared.timestamp_begin + shared.max_initial_timestamp_index + 1 :] = NEG_INF
+                self._prefer_timestamps(logits)
+            chosen = logits.argmax(dim=-1)
+            logprob = F.log_softmax(logits.float(), dim=-1).gather(1, chosen[:, None]).squeeze(1)
+            is_timestamp = chosen >= shared.timestamp_begin
+            limit = torch.tensor(list(limits), dtype=torch.long, device=device).clamp(max=plan.max_tokens)
+            state = {
+                self.next_token: chosen,
+                self.n_initial: torch.full((rows,), n_initial, device=device),
+                self.n_sampled: torch.ones(rows, dtype=torch.long, device=device),
+                self.limit: limit,
+                self.sum_logprobs: logprob,
+                self.no_speech: no_speech.float(),
+                self.last_is_timestamp: is_timestamp,
+                # whisper treats a missing penultimate token as a timestamp
+                self.penultimate_is_timestamp: torch.ones(rows, dtype=torch.bool, device=device),
+                self.last_timestamp: torch.where(is_timestamp, chosen, -1),
+                self.done: (chosen == shared.eot) | (limit <= 1),
+                self.lengths: torch.full((rows,), n_initial + 1, dtype=torch.int32, device=device),
+            }
+            for buffer, values in state.items():
+                buffer.index_copy_(0, index, values.to(buffer.dtype))
+            self.tokens[:, 0].index_copy_(0, index, chosen)
+        for slot in slots:
+            self.occupant[slot] = True
+            self.host_lengths[slot] = n_initial + 1
+            self.admitted_at[slot] = self.steps + 1
+
+    def _configure(self, plan: GreedyPlan) -> None:
+        shared = shared_plan(plan)
+        if shared == self.plan:
+            return
+        device = self.model.device
+        self.plan = shared
+        # kept alive: captured graphs read it in place
+        self.suppress = torch.tensor(plan.suppress, dtype=torch.long, device=device) if plan.suppress else None
+        self.graphs.clear()
+
+    # -- steps --------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Advance every occupied slot by one token (slots that ended stay as they are)."""
+        rows = self.rows()
+        with self.on_device():
+            if self.varlen:
+                self._runner(("step", rows), lambda: self._whole_step(rows))()
+            else:
+                self._embed_runner(rows)()
+                groups = self._length_groups(rows)
+                for layer in range(self.n_layers):
+                    self._grouped_attention(layer, rows, groups)
+                    self._layer_runner(rows, layer)()
+            for slot in range(rows):
+                if self.occupant[slot]:
+                    self.host_lengths[slot] = min(self.host_lengths[slot] + 1, self.n_ctx)
+            self.steps += 1
+            self.snapshots[self.steps % 2].take(self, rows, self.steps)
+
+    @torch.inference_mode()
+    def finished(self) -> list[SlotResult]:
+        """Free the slots whose windows had ended by the step before the last one queued (on the CPU,
+        by the last one) and return their results; waits only for that earlier step."""
+        seen = self.steps - 1 if self.use_graphs else self.steps
+        snapshot = self.snapshots[seen % 2]
+        if seen < 1 or snapshot.step != seen:
+            return []
+        if snapshot.event is not None:
+            snapshot.event.synchronize()
+        done = snapshot.done[: snapshot.rows].tolist()
+        ended = [
+            slot for slot, ended in enumerate(done) if ended and self.occupant[slot] and self.admitted_at[slot] <= seen
+        ]
+        results = []
+        eot = self.plan.eot
+        for slot in ended:
+            sequence = snapshot.tokens[slot, : int(snapshot.n_sampled[slot])].tolist()
+            if eot in sequence:
+                sequence = sequence[: sequence.index(eot)]
+            results.append(
+                SlotResult(slot, sequence, float(snapshot.sum_logprobs[slot]), float(snapshot.no_speech[slot]))
+            )
+            self.occupant[slot] = False
+        return results
+
+    def release_all(self) -> None:
+        """Forget every window (after a failed step): the slots are free and done."""
+        self.done.fill_(True)
+        self.occupant = [False] * self.capacity
+        for snapshot in self.snapshots:
+            snapshot.step = -1
+
+    def prepare(self, plan: GreedyPlan) -> int:
+        """Capture the step graphs of every bucket now, before any request waits; returns how many."""
+        if not self.use_graphs:
+            return 0
+        self._configure(plan)
+        before = len(self.graphs)
+        with self.on_device(), torch.inference_mode():
+            for rows in sorted({bucket(n, self.capacity) for n in range(1, self.capacity + 1)}):
+                # every slot is free (done): the replays change nothing that a later window reads
+                if self.varlen:
+                    self._runner(("step", rows), lambda rows=rows: self._whole_step(rows))()
+                else:
+                    self._embed_runner(rows)()
+                    for layer in range(self.n_layers):
+                        self._layer_runner(rows, layer)()
+            torch.cuda.synchronize()
+        return len(self.graphs) - before
+
+    def _whole_step(self, rows: int) -> None:
+        self._embed(rows)
+        for layer in range(self.n_layers):
+            keys = self.self_keys[layer, :rows].view(rows * self.n_ctx, self.n_head, -1)
+            values = self.self_values[layer, :rows].view(rows * self.n_ctx, self.n_head, -1)
+            query = self.query[:rows].view(rows, self.n_head, -1)
+            attended = varlen_attention(query, keys, values, self.lengths[:rows], self.offsets)
+            self.attended[:rows].view(rows, self.n_head, -1).copy_(attended)
+            self._finish_layer(rows, layer)
+
+    def _embed_runner(self, rows: int) -> Callable[[], None]:
+        return self._runner(("embed", rows), lambda: self._embed(rows))
+
+    def _layer_runner(self, rows: int, layer: int) -> Callable[[], None]:
+        return self._runner(("layer", rows, layer), lambda: self._finish_layer(rows, layer))
+
+    def _length_groups(self, rows: int) -> dict[int, list[int]]:
+        groups: dict[int, list[int]] = defaultdict(list)
+        for slot in range(rows):
+            if self.occupant[slot]:
+                groups[self.host_lengths[slot]].append(slot)
+        return groups
+
+    def _grouped_attention(self, layer: int, rows: int, groups: dict[int, list[int]]) -> None:
+        """Rows of equal length attended together by whisper's own dense call (exact anywhere)."""
+        device = self.model.device
+        for length, slots in groups.items():
+            index = torch.tensor(slots, device=device)
+            query = self._heads(self.query.index_select(0, index))
+            keys = self._heads(self.self_keys[layer].index_select(0, index)[:, :length])
+            values = self._heads(self.self_values[layer].index_select(0, index)[:, :length])
+            attended = dense_attention(query, keys, values).permute(0, 2, 1, 3).flatten(start_dim=2)
+            self.attended.index_copy_(0, index, attended)
+
+    def _runner(self, key: tuple, work: Callable[[], None]) -> Callable[[], None]:
+        if not self.use_graphs:
+            return work
+        graph = self.graphs.get(key)
+        if graph is not None:
+            return graph.replay
+
+        def capture_then_replay() -> None:
+            if key not in self.graphs:
+                self.graphs[key] = self._capture(work)
+            self.graphs[key].replay()
+
+        return capture_then_replay
+
+    def _capture(self, work: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        # the warm-up run really executes: the state it advances is put back before the graph replays
+        state = [
+            self.next_token, self.n_sampled, self.sum_logprobs, self.tokens, self.last_is_timestamp,
+            self.penultimate_is_timestamp, self.last_timestamp, self.done, self.lengths, self.hidden, self.query,
+            self.attended,
+        ]  # fmt: skip
+        saved = [tensor.clone() for tensor in state]
+        side = self.capture_stream
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            work()
+        torch.cuda.current_stream().wait_stream(side)
+        for tensor, copy in zip(state, saved, strict=True):
+            tensor.copy_(copy)
+        del saved
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.graph_pool, capture_error_mode="thread_local"):
+            work()
+        return graph
+
+    # -- the model's arithmetic, as whisper does it ---------------------------------------------------
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.view(*x.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
+        attended = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), is_causal=causal)
+        return attended.permute(0, 2, 1, 3).flatten(start_dim=2)
+
+    def _cross_attention_and_mlp(
+        self, block: ResidualAttentionBlock, x: Tensor, keys: Tensor, values: Tensor
+    ) -> Tensor:
+        query = block.cross_attn.query(block.cross_attn_ln(x))
+        x = x + block.cross_attn.out(self._attend(query, keys, values))
+        return x + block.mlp(block.mlp_ln(x))
+
+    def _position(self, rows: int) -> Tensor:
+        """Where each row's fed token sits."""
+        return self.n_initial[:rows] + self.n_sampled[:rows] - 1
+
+    def _embed(self, rows: int) -> None:
+        decoder = self.model.decoder
+        position = self._position(rows)
+        x = decoder.token_embedding(self.next_token[:rows, None]) + decoder.positional_embedding[position][:, None]
+        self.hidden[:rows] = x.to(self.dtype)
+        self._project(0, rows, position)
+
+    def _project(self, layer: int, rows: int, position: Tensor) -> None:
+        attention = self.model.decoder.blocks[layer].attn
+        x = self.model.decoder.blocks[layer].attn_ln(self.hidden[:rows])
+        self.query[:rows] = attention.query(x)
+        row = self.slot_index[:rows]
+        self.self_keys[layer].index_put_((row, position), attention.key(x)[:, 0])
+        self.self_values[layer].index_put_((row, position), attention.value(x)[:, 0])
+
+    def _finish_layer(self, rows: int, layer: int) -> None:
+        block = self.model.decoder.blocks[layer]
+        x = self.hidden[:rows] + block.attn.out(self.attended[:rows])
+        x = self._cross_attention_and_mlp(block, x, self.cross_keys[layer, :rows], self.cross_values[layer, :rows])
+        if layer + 1 < self.n_layers:
+            self.hidden[:rows] = x
+            self._project(layer + 1, rows, self._position(rows))
+            return
+        plan = self.plan
+        logits = (self.model.decoder.ln(x) @ self.embedding_t).float()[:, -1]
+        if self.suppress is not None:
+            logits.index_fill_(1, self.suppress, NEG_INF)
+        if plan.timestamps:
+            self._timestamp_rules(logits, rows)
+        chosen = logits.argmax(dim=-1)
+        current = F.log_softmax(logits.float(), dim=-1).gather(1, chosen[:, None]).squeeze(1)
+        done = self.done[:rows]
+        advancing = ~done
+        self.sum_logprobs[:rows] += current * advancing
+        is_timestamp = chosen >= plan.timestamp_begin
+        # rows that ended keep their state: only advancing rows take the new token
+        self.penultimate_is_timestamp[:rows] = torch.where(
+            advancing, self.last_is_timestamp[:rows], self.penultimate_is_timestamp[:rows]
+        )
+        new_last_timestamp = torch.where(is_timestamp, chosen, self.last_timestamp[:rows])
+        self.last_timestamp[:rows] = torch.where(advancing, new_last_timestamp, self.last_timestamp[:rows])
+        self.last_is_timestamp[:rows] = torch.where(advancing, is_timestamp, self.last_is_timestamp[:rows])
+        n_sampled = self.n_sampled[:rows]
+        written = torch.where(
+            advancing, chosen, self.tokens[self.slot_index[:rows], n_sampled.clamp(max=self.n_ctx - 1)]
+        )
+        self.tokens.index_put_((self.slot_index[:rows], n_sampled.clamp(max=self.n_ctx - 1)), written)
+        self.next_token[:rows] = torch.where(advancing, chosen, self.next_token[:rows])
+        n_sampled += advancing
+        self.lengths[:rows] = (self.n_initial[:rows] + n_sampled).to(torch.int32)
+        self.done[:rows] = done | (chosen == plan.eot) | (n_sampled >= self.limit[:rows])
+
+    def _timestamp_rules(self, logits: Tensor, rows: int) -> None:
+        plan = self.plan
+        if plan.no_timestamps is not None:
+            logits[:, plan.no_timestamps] = NEG_INF
+        last = self.last_is_timestamp[:rows, None]
+        penultimate = self.penultimate_is_timestamp[:rows, None]
+        closing = last & ~penultimate
+        timestamp_column = self.vocabulary >= plan.timestamp_begin
+        forbidden = (last & penultimate & timestamp_column) | (closing & (self.vocabulary < plan.eot))
+        last_timestamp = self.last_timestamp[:rows, None]
+        bound = torch.where(closing, last_timestamp, last_timestamp + 1)
+        forbidden |= timestamp_column & (self.vocabulary < bound) & (last_timestamp >= 0)
+        logits.masked_fill_(forbidden, NEG_INF)
+        self._prefer_timestamps(logits)
+
+    def _prefer_timestamps(self, logits: Tensor) -> None:
+        plan = self.plan
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        timestamp_logprob = logprobs[:, plan.timestamp_begin :].logsumexp(dim=-1)
+        max_text_logprob = logprobs[:, : plan.timestamp_begin].max(dim=-1).values
+        prefer = (timestamp_logprob > max_text_logprob)[:, None]
+        logits.masked_fill_(prefer & (self.vocabulary < plan.timestamp_begin), NEG_INF)
+
+
+def varlen_is_exact(device: torch.device, n_head: int, head_width: int, n_ctx: int) -> bool:
+    """Whether flash attention's variable-length form gives, bit for bit, whisper's dense call's rows.
+
+    The dense call is whisper's: a batch of rows of one length. Probed once at start-up on random data
+    at lengths around the kernel's block sizes, with rows of other lengths beside them in the
+    variable-length call. Any difference (or the op missing in this torch) keeps the grouped attention.
+    (whisper's own call splits long key ranges over several blocks when batch x heads is small, so at
+    a handful of rows and over 256 keys even whisper.decode's results depend on the batch's size.)
+    """
+    rows, others = 16, 4
+    try:
+        generator = torch.Generator(device=device).manual_seed(0)
+        offsets = torch.arange(rows + others + 1, dtype=torch.int32, device=device)
+        flat = ((rows + others) * n_ctx, n_head, head_width)
+        for length in sorted({1, 2, 63, 64, 65, 127, 128, 129, 255, 256, 257, 300, n_ctx - 1, n_ctx}):
+            shape = (rows + others, n_ctx, n_head, head_width)
+            keys = torch.randn(shape, device=device, dtype=torch.float16, generator=generator)
+            values = torch.randn(shape, device=device, dtype=torch.float16, generator=generator)
+            query = torch.randn(
+                rows + others, n_head, head_width, device=device, dtype=torch.float16, generator=generator
+            )
+            lengths = torch.randint(
+                1, n_ctx + 1, (rows + others,), device=device, generator=generator, dtype=torch.int32
+            )
+            lengths[:rows] = length
+            varlen = varlen_attention(query, keys.view(flat), values.view(flat), lengths, offsets)
+            dense = dense_attention(
+                query[:rows, :, None],
+                keys[:rows, :length].permute(0, 2, 1, 3),
+                values[:rows, :length].permute(0, 2, 1, 3),
+            )
+            if not torch.equal(dense[:, :, 0], varlen[:rows]):
+                log.warning("varlen attention differs from the dense call at %d keys", length)
+                return False
+        return True
+    except (RuntimeError, TypeError) as error:
+        log.warning("varlen attention unavailable: %s", error)
+        return False
