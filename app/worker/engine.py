@@ -206,8 +206,8 @@ class Transcriber:
         passes = []
         step = chunk or min(self.max_windows_per_pass, cuda_decoding.ENCODER_WINDOWS)
         for first in range(0, len(waveforms), step):
-            chunk = waveforms[first : first + step]
-            mel = log_mel_batch(chunk, self.model.dims.n_mels, self.device).to(dtype)
+            part = waveforms[first : first + step]
+            mel = log_mel_batch(part, self.model.dims.n_mels, self.device).to(dtype)
             passes.append(self.model.encoder(mel))
         return torch.cat(passes)
 

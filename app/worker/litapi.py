@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Hashable
 from pathlib import Path
 
 import litserve as ls
@@ -116,20 +117,20 @@ class WhisperLitAPI(ls.LitAPI):
         """Whether any request is in the worker: in the slots, waiting for one, or aside."""
         return bool(self.aside) or (self.scheduler is not None and self.scheduler.busy)
 
-    def submit(self, uid: str, job: AudioJob) -> None:
+    def submit(self, uid: Hashable, job: AudioJob) -> None:
         """A request joins the running decode at the next step (or goes aside, for the static way)."""
         if self.scheduler is not None and self.scheduler.takes(job):
             self.scheduler.submit(uid, job)
         else:
             self.aside.append((uid, job))
 
-    def step(self) -> list[tuple[str, Reported]]:
+    def step(self) -> list[tuple[Hashable, Reported]]:
         """Requests aside in one static pass, then one scheduler step; the answers of both.
 
         For the metrics a step is a pass: its time, the windows in the slots, the requests it answered.
         """
         started = time.monotonic()
-        answers: list[tuple[str, Outcome, float]] = []
+        answers: list[tuple[Hashable, Outcome, float]] = []
         if self.aside:
             jobs = [job for _, job in self.aside]
             result = self.transcriber.run_isolated(jobs)
