@@ -91,7 +91,7 @@ class WhisperLitAPI(ls.LitAPI):
         # workers on one GPU start together and each would see the whole card free
         gpu_share = 1.0 / settings.workers_per_device
         self.scheduler: ContinuousScheduler | None = None
-        self.aside: list[tuple[str, AudioJob]] = []
+        self.aside: list[tuple[Hashable, AudioJob]] = []
         self.steps = 0
         splitter = VadSplitter(model.device, enabled=settings.vad)
         name = model_display_name(self.model_spec)
