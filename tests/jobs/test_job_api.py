@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import srt
 
 from tests.jobs.client import BUDGET_BYTES, job, submit, submitted, wait_until_over, wait_until_windows_done
 from tests.service import ServiceProcess
@@ -38,11 +39,14 @@ def test_a_long_job_joins_its_windows_on_the_files_clock(jobs_service: ServicePr
     body = wait_until_over(jobs_service, job_id)
     assert body["status"] == "done", body
     assert body["progress"]["windows_total"] == body["progress"]["windows_done"] >= 3
-    synchronous = jobs_service.transcribe(minute_long_wav, response_format="srt")
-    assert body["result"] == synchronous.text
+    # not compared with /transcribe's answer word for word: a window that fails transcribe()'s checks is
+    # sampled at a higher temperature, and sampling differs from run to run
+    cues = list(srt.parse(body["result"]))
+    starts = [cue.start.total_seconds() for cue in cues]
+    assert starts == sorted(starts) and cues[-1].end.total_seconds() > 40, "the windows are on the file's clock"
     result = requests.get(f"{jobs_service.url}/v1/jobs/{job_id}/result", headers=jobs_service.auth_headers, timeout=30)
     assert result.headers["content-type"].startswith("application/x-subrip")
-    assert result.text == synchronous.text
+    assert result.text == body["result"]
 
 
 def test_bad_requests_are_refused_before_a_job_exists(jobs_service: ServiceProcess, fox_wav: Path, tmp_path: Path):

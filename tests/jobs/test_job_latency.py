@@ -14,7 +14,8 @@ import pytest
 from tests.jobs.client import job, submitted, wait_until_over, wait_until_windows_done
 from tests.service import ServiceProcess
 
-pytestmark = pytest.mark.integration
+# a timed measurement, not a CI check: run it by hand on an idle machine (pytest -m benchmark -s this file)
+pytestmark = [pytest.mark.integration, pytest.mark.benchmark]
 
 SHORT_REQUESTS = 9
 # the job may cost a short request at most one extra model pass of one window, and noise on a busy machine
