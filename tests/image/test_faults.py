@@ -30,9 +30,11 @@ def read(pid, name):
     with open(f"/proc/{pid}/{name}", "rb") as file:
         return file.read().decode(errors="replace")
 pids = [pid for pid in os.listdir("/proc") if pid.isdigit()]
-(main,) = [pid for pid in pids if read(pid, "cmdline").split("\\0")[1:3] == ["-m", "app"]]
 def parent(pid):
     return next(line.split()[1] for line in read(pid, "status").splitlines() if line.startswith("PPid:"))
+# its forked children (the HTTP servers) share its command line: the main one is the one not their child
+apps = [pid for pid in pids if read(pid, "cmdline").split("\\0")[1:3] == ["-m", "app"]]
+(main,) = [pid for pid in apps if parent(pid) not in apps]
 print(*[pid for pid in pids if "spawn_main" in read(pid, "cmdline") and parent(pid) == main])
 """
 
@@ -82,7 +84,9 @@ def test_a_killed_model_worker_exits_non_zero_and_the_restart_policy_brings_the_
 ) -> None:
     since = str(int(time.time()) - 1)
     with ServiceContainer(image, "restart", "--restart=unless-stopped") as container:
-        workers = container.exec("python", "-c", FIND_MODEL_WORKERS).stdout.split()
+        found = container.exec("python", "-c", FIND_MODEL_WORKERS)
+        assert found.returncode == 0, found.stderr
+        workers = found.stdout.split()
         assert len(workers) == 1, workers
         # no procps in a slim image: the kill comes from Python, as the service's user
         killed = container.exec("python", "-c", f"import os, signal; os.kill({workers[0]}, signal.SIGKILL)")
