@@ -128,9 +128,10 @@ def continuous_run(scheduler: ContinuousScheduler, jobs: list[AudioJob]) -> tupl
     return time.perf_counter() - started, steps, answered, outcomes
 
 
-def same_transcripts(static: list, continuous: list) -> int:
-    """How many requests got the same segments both ways: tokens, times and text (the per-window
-    log-probabilities move in the last digits with the batch a window is computed in)."""
+def same_transcripts(static: list, continuous: list) -> dict[str, int]:
+    """Requests whose segments agree both ways (tokens, times, text; the per-window log-probabilities move
+    in the last digits with the batch a window is computed in), and those that differ: where either
+    way sampled a window (transcribe()'s fallback past greedy draws at random), or not."""
 
     def key(outcome: object) -> object:
         segments = getattr(outcome, "segments", None)
@@ -138,7 +139,18 @@ def same_transcripts(static: list, continuous: list) -> int:
             return repr(outcome)
         return [(s.start, s.end, s.text, s.tokens) for s in segments]
 
-    return sum(key(a) == key(b) for a, b in zip(static, continuous, strict=True))
+    def sampled(outcome: object) -> bool:
+        return any(s.temperature > 0 for s in getattr(outcome, "segments", ()))
+
+    counts = {"identical": 0, "differ_where_sampled": 0, "differ_greedy": 0}
+    for a, b in zip(static, continuous, strict=True):
+        if key(a) == key(b):
+            counts["identical"] += 1
+        elif sampled(a) or sampled(b):
+            counts["differ_where_sampled"] += 1
+        else:
+            counts["differ_greedy"] += 1
+    return counts
 
 
 def profile_steps(scheduler: ContinuousScheduler, jobs: list[AudioJob], table: Path) -> dict:
@@ -220,6 +232,9 @@ def main() -> None:
         "requests_per_pass": args.requests_per_pass,
         "capacity": static.max_windows_per_pass,
     }
+    # the static engine against itself with passes half as large: how much batch composition alone moves
+    _, half_pass_outcomes, _ = static_run(static, jobs, args.requests_per_pass // 2)
+    report["static"]["same_transcripts_with_half_passes"] = same_transcripts(static_outcomes, half_pass_outcomes)
     lone_job = AudioJob(decode_clip(args.clips / lone.file), TranscriptionOptions(language="en"))
     static.run_batch([lone_job])
     started = time.perf_counter()
