@@ -115,8 +115,9 @@ class ContinuousScheduler:
         self.waiting: deque[_Window] = deque()
         self.in_slots: dict[int, _Window] = {}
         self.plans: dict[PlanKey, Prepared | None] = {}
-        # steps since the last admission while windows waited
+        # steps since the last admission while windows waited, and since the oldest arrival came
         self.waited_steps = 0
+        self.arrival_steps = 0
         started = time.monotonic()
         default = self._plan(("transcribe", "en", None))
         graphs = self.decoder.prepare(default[0]) if default else 0
@@ -144,7 +145,7 @@ class ContinuousScheduler:
         """Split, admit, advance every slot one token, and answer the requests that ended; never raises:
         a failure answers every request in the scheduler with an error."""
         try:
-            answers = self._split()
+            answers = self._split() if self._split_due() else []
             answers += self._admit()
             if self.decoder.occupied:
                 self.decoder.step()
@@ -155,11 +156,27 @@ class ContinuousScheduler:
 
     # -- arrival ----------------------------------------------------------------------------------------
 
-    def _split(self) -> list[Finished]:
-        """New requests' windows, from the engine's splitter in one call; answers for those with none."""
+    def _split_due(self) -> bool:
+        """Whether to split the arrivals now: where an admission would take their windows (an idle decoder
+        at once, else ADMIT_AT_ONCE of them or the oldest waited ADMIT_AFTER_STEPS steps). The VAD splitter
+        costs the host about the same launches whatever the batch; split at every step, it took a third
+        of the worker's samples on an H100 (benchmarks/README.md, issue 15)."""
         if not self.arrived:
-            return []
+            return False
+        self.arrival_steps += 1
+        return (
+            not self.decoder.occupied
+            or len(self.arrived) + len(self.waiting) >= ADMIT_AT_ONCE
+            or self.arrival_steps >= ADMIT_AFTER_STEPS
+        )
+
+    def _split(self) -> list[Finished]:
+        """New requests' windows, from the engine's splitter in one call; answers for those with none.
+
+        Their windows are admitted in the same step: they already waited for the split."""
         arrived, self.arrived = self.arrived, []
+        self.arrival_steps = 0
+        self.waited_steps = max(self.waited_steps, ADMIT_AFTER_STEPS - 1)
         answers: list[Finished] = []
         requests: list[_Request] = []
         for request in arrived:
