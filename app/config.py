@@ -70,9 +70,9 @@ class Settings(BaseSettings):
     # above 0: a synthetic model's window decodes this many tokens per second of its audio (realistic
     # lengths, measured from speech by scripts/bench_clips.py) instead of synthetic_tokens
     synthetic_tokens_per_second: float = Field(0.0, ge=0.0, le=50.0)
-    # windows join and leave the running decode at every token step (GPU); "auto": on with CUDA. Off by default
-    # until the scheduler cuts windows with the VAD splitter and seeks back as the static engine does
-    continuous_batching: Literal["auto", "on", "off"] = "off"
+    # windows join and leave the running decode at every token step; "auto": on with CUDA, where it gives the
+    # static engine's transcripts 12-21% faster (benchmarks/README.md, issue 15); the CPU keeps static passes
+    continuous_batching: Literal["auto", "on", "off"] = "auto"
     # HTTP processes (uploads, ffprobe/ffmpeg, answers); empty: one per model worker, as LitServe does
     http_processes: int | None = Field(None, ge=1, le=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

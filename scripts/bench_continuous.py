@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from app.worker.engine import AudioJob, Transcriber, TranscriptionOptions
 from app.worker.loading import load_model
 from app.worker.scheduler import ContinuousScheduler
 from app.worker.slot_decoding import SlotDecoder, slots_that_fit
+from app.worker.vad import VadSplitter
 from scripts.bench_clips import load_clips, tokens_per_second
 
 STATIC_WINDOWS = 16
@@ -93,29 +96,61 @@ def whisper_decode(model, features, options):
     return whisper.decode(model, features, options)
 
 
-def static_run(transcriber: Transcriber, jobs: list[AudioJob], per_pass: int) -> float:
+def static_run(transcriber: Transcriber, jobs: list[AudioJob], per_pass: int) -> tuple[float, list, int]:
+    """Seconds for every job in passes of `per_pass`, the outcomes, and the windows decoded (follow-ups too)."""
     torch.cuda.synchronize()
     started = time.perf_counter()
+    outcomes = []
+    windows = 0
     for first in range(0, len(jobs), per_pass):
-        transcriber.run_batch(jobs[first : first + per_pass])
+        result = transcriber.run_batch(jobs[first : first + per_pass])
+        outcomes += result.outcomes
+        windows += result.statistics.windows
     torch.cuda.synchronize()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, outcomes, windows
 
 
-def continuous_run(scheduler: ContinuousScheduler, jobs: list[AudioJob]) -> tuple[float, int, list[float]]:
-    """All jobs submitted at once; seconds to the last answer, steps, and each job's time to its answer."""
+def continuous_run(scheduler: ContinuousScheduler, jobs: list[AudioJob]) -> tuple[float, int, list[float], list]:
+    """All jobs submitted at once; seconds to the last answer, steps, each job's time to its answer, outcomes."""
     torch.cuda.synchronize()
     started = time.perf_counter()
     for index, job in enumerate(jobs):
         scheduler.submit(index, job)
     steps = 0
     answered = [0.0] * len(jobs)
+    outcomes: list = [None] * len(jobs)
     while scheduler.busy:
         for finished in scheduler.step():
             answered[finished.key] = time.perf_counter() - started
+            outcomes[finished.key] = finished.outcome
         steps += 1
     torch.cuda.synchronize()
-    return time.perf_counter() - started, steps, answered
+    return time.perf_counter() - started, steps, answered, outcomes
+
+
+def same_transcripts(static: list, continuous: list) -> dict[str, int]:
+    """Requests whose segments agree both ways (tokens, times, text; the per-window log-probabilities move
+    in the last digits with the batch a window is computed in), and those that differ: where either
+    way sampled a window (transcribe()'s fallback past greedy draws at random), or not."""
+
+    def key(outcome: object) -> object:
+        segments = getattr(outcome, "segments", None)
+        if segments is None:
+            return repr(outcome)
+        return [(s.start, s.end, s.text, s.tokens) for s in segments]
+
+    def sampled(outcome: object) -> bool:
+        return any(s.temperature > 0 for s in getattr(outcome, "segments", ()))
+
+    counts = {"identical": 0, "differ_where_sampled": 0, "differ_greedy": 0}
+    for a, b in zip(static, continuous, strict=True):
+        if key(a) == key(b):
+            counts["identical"] += 1
+        elif sampled(a) or sampled(b):
+            counts["differ_where_sampled"] += 1
+        else:
+            counts["differ_greedy"] += 1
+    return counts
 
 
 def profile_steps(scheduler: ContinuousScheduler, jobs: list[AudioJob], table: Path) -> dict:
@@ -153,6 +188,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=4, help="times the clip set is sent")
     parser.add_argument("--requests-per-pass", type=int, default=64)
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument(
+        "--vad", choices=("on", "off"), default="on", help="the engine's window splitter, as WHISPER_VAD in the service"
+    )
     args = parser.parse_args()
     clips, lone = load_clips(args.clips)
     rate = tokens_per_second(clips) if args.tokens_per_second is None else args.tokens_per_second
@@ -167,8 +205,10 @@ def main() -> None:
     model = load_model(args.model, "cuda", settings.model_cache_dir, settings.synthetic_tokens)
     model.tokens_per_second = rate
     precision.cast_to_fp16(model)
-    report: dict = {"device": torch.cuda.get_device_name(), "model": args.model, "tokens_per_second": rate,
-                    "requests": len(jobs), "audio_seconds": round(audio_seconds, 1)}  # fmt: skip
+    command = "python -m scripts.bench_continuous " + shlex.join(sys.argv[1:])
+    report: dict = {"command": command, "device": torch.cuda.get_device_name(), "model": args.model,
+                    "tokens_per_second": rate, "requests": len(jobs),
+                    "audio_seconds": round(audio_seconds, 1)}  # fmt: skip
 
     def write() -> None:
         args.output.write_text(json.dumps(report, indent=1) + "\n")
@@ -181,15 +221,20 @@ def main() -> None:
     gc.collect()
     torch.cuda.empty_cache()
 
-    static = Transcriber(model, args.slots)
+    splitter = VadSplitter(model.device, enabled=args.vad == "on")
+    report["vad"] = args.vad
+    static = Transcriber(model, args.slots, splitter=splitter)
     static_run(static, jobs[: args.requests_per_pass], args.requests_per_pass)  # warm-up
-    seconds = static_run(static, jobs, args.requests_per_pass)
+    seconds, static_outcomes, windows_decoded = static_run(static, jobs, args.requests_per_pass)
     report["static"] = {
         "seconds": round(seconds, 2),
         "rtf": round(audio_seconds / seconds, 1),
         "requests_per_pass": args.requests_per_pass,
         "capacity": static.max_windows_per_pass,
     }
+    # the static engine against itself with passes half as large: how much batch composition alone moves
+    _, half_pass_outcomes, _ = static_run(static, jobs, args.requests_per_pass // 2)
+    report["static"]["same_transcripts_with_half_passes"] = same_transcripts(static_outcomes, half_pass_outcomes)
     lone_job = AudioJob(decode_clip(args.clips / lone.file), TranscriptionOptions(language="en"))
     static.run_batch([lone_job])
     started = time.perf_counter()
@@ -202,17 +247,19 @@ def main() -> None:
     gc.collect()
     torch.cuda.empty_cache()
 
-    small = Transcriber(model, STATIC_WINDOWS)
+    small = Transcriber(model, STATIC_WINDOWS, splitter=splitter)
     slots = slots_that_fit(model, args.slots)
     started = time.perf_counter()
     scheduler = ContinuousScheduler(small, slots)
     report["continuous"] = {"slots": slots, "startup_seconds": round(time.perf_counter() - started, 1)}
     continuous_run(scheduler, jobs[: args.requests_per_pass])  # warm-up
-    seconds, steps, answered = continuous_run(scheduler, jobs)
+    seconds, steps, answered, outcomes = continuous_run(scheduler, jobs)
     report["continuous"].update({"seconds": round(seconds, 2), "rtf": round(audio_seconds / seconds, 1), "steps": steps,
                                  "ms_per_step": round(1000 * seconds / steps, 2),
                                  "self_attention": "varlen" if scheduler.decoder.varlen else "grouped",
-                                 "median_seconds_to_answer": round(float(np.median(answered)), 2)})  # fmt: skip
+                                 "median_seconds_to_answer": round(float(np.median(answered)), 2),
+                                 "same_transcripts_as_static": same_transcripts(static_outcomes, outcomes),
+                                 "windows_decoded_static": windows_decoded})  # fmt: skip
     continuous_run(scheduler, [lone_job])
     lone_times = [continuous_run(scheduler, [lone_job])[0] for _ in range(5)]
     report["continuous"]["lone_10s_ms"] = round(1000 * float(np.median(lone_times)), 1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -28,6 +28,8 @@ from whisper.decoding import ApplyTimestampRules, DecodingOptions, DecodingResul
 from whisper.model import MultiHeadAttention, ResidualAttentionBlock, Whisper
 from whisper.tokenizer import Tokenizer
 from whisper.utils import compression_ratio
+
+from app.worker.graphs import GraphCache
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,7 @@ def encoder_workspace(model: Whisper) -> int:
     return ENCODER_ACTIVATION_COPIES * ENCODER_WINDOWS * dims.n_audio_ctx * dims.n_audio_state * 2
 
 
-def windows_that_fit(model: Whisper, requested: int, gpu_share: float = 1.0) -> int:
+def windows_that_fit(model: Whisper, requested: int, gpu_share: float = 1.0, unit: str = "windows per pass") -> int:
     """`requested`, or fewer windows per pass where this worker's part of the GPU's memory holds fewer.
 
     `gpu_share` is the part of the GPU this worker may take: with two workers on one GPU each sizes
@@ -161,8 +163,83 @@ def windows_that_fit(model: Whisper, requested: int, gpu_share: float = 1.0) -> 
     usable = int(available * MEMORY_FRACTION) - encoder_workspace(model)
     fit = max(1, usable // bytes_per_window(model))
     if fit < requested:
-        log.warning("%d windows per pass fit in free GPU memory; %d were asked for", fit, requested)
+        log.warning("%d %s fit in free GPU memory; %d were asked for", fit, unit, requested)
     return min(requested, fit)
+
+
+def bucket(n_rows: int, capacity: int) -> int:
+    """Rows a graph runs for `n_rows` rows: one of SMALL_BUCKETS or a multiple of BUCKET_STEP, at most `capacity`."""
+    size = next((s for s in SMALL_BUCKETS if s >= n_rows), math.ceil(n_rows / BUCKET_STEP) * BUCKET_STEP)
+    return min(size, capacity)
+
+
+def split_heads(x: Tensor, n_head: int) -> Tensor:
+    """(rows, tokens, width) viewed as (rows, heads, tokens, head width), as whisper's attention does."""
+    return x.view(*x.shape[:2], n_head, -1).permute(0, 2, 1, 3)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, n_head: int, causal: bool = False) -> Tensor:
+    """whisper's qkv_attention (its SDPA branch), on views of static caches."""
+    heads = split_heads(q, n_head), split_heads(k, n_head), split_heads(v, n_head)
+    attended = F.scaled_dot_product_attention(*heads, is_causal=causal)
+    return attended.permute(0, 2, 1, 3).flatten(start_dim=2)
+
+
+def cross_attention_and_mlp(block: ResidualAttentionBlock, x: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """The rest of ResidualAttentionBlock.forward after its self-attention, over cached cross keys and values."""
+    query = block.cross_attn.query(block.cross_attn_ln(x))
+    x = x + block.cross_attn.out(attend(query, keys, values, block.cross_attn.n_head))
+    return x + block.mlp(block.mlp_ln(x))
+
+
+def first_token_rules(logits: Tensor, plan: GreedyPlan, vocabulary: Tensor) -> None:
+    """whisper's ApplyTimestampRules for the first sampled token: a timestamp, no later than the
+    plan's max_initial_timestamp."""
+    if not plan.timestamps:
+        return
+    if plan.no_timestamps is not None:
+        logits[:, plan.no_timestamps] = NEG_INF
+    logits[:, : plan.timestamp_begin] = NEG_INF
+    if plan.max_initial_timestamp_index is not None:
+        logits[:, plan.timestamp_begin + plan.max_initial_timestamp_index + 1 :] = NEG_INF
+    prefer_timestamps(logits, plan, vocabulary)
+
+
+def timestamp_rules(
+    logits: Tensor,
+    plan: GreedyPlan,
+    vocabulary: Tensor,
+    last_is_timestamp: Tensor,
+    penultimate_is_timestamp: Tensor,
+    last_timestamp: Tensor,
+) -> None:
+    """whisper's ApplyTimestampRules after the first token, for all rows at once and without syncs.
+
+    The three row states are (rows,) tensors: whether the last and the one before were timestamps
+    (a missing one counts as a timestamp), and the last timestamp token (-1 before any)."""
+    if plan.no_timestamps is not None:
+        logits[:, plan.no_timestamps] = NEG_INF
+    last = last_is_timestamp[:, None]
+    penultimate = penultimate_is_timestamp[:, None]
+    closing = last & ~penultimate
+    timestamp_column = vocabulary >= plan.timestamp_begin
+    # timestamps come in pairs: after a pair, text; after a closing one, a timestamp or the end
+    forbidden = (last & penultimate & timestamp_column) | (closing & (vocabulary < plan.eot))
+    # timestamps never decrease, and a segment after text has a nonzero length
+    last_timestamp = last_timestamp[:, None]
+    bound = torch.where(closing, last_timestamp, last_timestamp + 1)
+    forbidden |= timestamp_column & (vocabulary < bound) & (last_timestamp >= 0)
+    logits.masked_fill_(forbidden, NEG_INF)
+    prefer_timestamps(logits, plan, vocabulary)
+
+
+def prefer_timestamps(logits: Tensor, plan: GreedyPlan, vocabulary: Tensor) -> None:
+    """A timestamp is forced where all timestamps together are likelier than any text token."""
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    timestamp_logprob = logprobs[:, plan.timestamp_begin :].logsumexp(dim=-1)
+    max_text_logprob = logprobs[:, : plan.timestamp_begin].max(dim=-1).values
+    prefer = (timestamp_logprob > max_text_logprob)[:, None]
+    logits.masked_fill_(prefer & (vocabulary < plan.timestamp_begin), NEG_INF)
 
 
 @dataclass(frozen=True)
@@ -225,10 +302,12 @@ class GraphedGreedyDecoder:
         self.sampled = zeros(1, dtype=torch.long)
         self.finished = torch.zeros((), dtype=torch.bool, device=model.device)
         self.plan_tensors: dict[GreedyPlan, _PlanTensors] = {}
-        self.graphs: dict[tuple[object, ...], torch.cuda.CUDAGraph] = {}
-        self.graph_pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
-        # one stream for every capture's warm-up run: a new stream per capture costs a driver call
-        self.capture_stream = torch.cuda.Stream(model.device) if self.use_graphs else None  # type: ignore[no-untyped-call]
+        state = [
+            self.next_token, self.sum_logprobs, self.tokens, self.last_is_timestamp,
+            self.penultimate_is_timestamp, self.last_timestamp, self.sampled, self.finished,
+            self.hidden, self.query, self.attended,
+        ]  # fmt: skip
+        self.graphs = GraphCache(model.device, self.use_graphs, state)
 
     def __call__(
         self, features: Tensor, options: DecodingOptions, limits: Sequence[int] | None = None
@@ -296,8 +375,7 @@ class GraphedGreedyDecoder:
 
     def bucket(self, n_windows: int) -> int:
         """Rows a pass of `n_windows` runs with: the batch size of a graph, at most `capacity`."""
-        size = next((s for s in SMALL_BUCKETS if s >= n_windows), math.ceil(n_windows / BUCKET_STEP) * BUCKET_STEP)
-        return min(size, self.capacity)
+        return bucket(n_windows, self.capacity)
 
     # without it, a caller outside inference mode (start-up) would record every step for autograd:
     # the weights require grad, and their outputs written into the buffers would keep all activations
@@ -319,15 +397,17 @@ class GraphedGreedyDecoder:
             self.limits[:n_windows].copy_(torch.tensor(list(limits), dtype=torch.long))
         constants.initial[:rows].copy_(torch.tensor(initial_tokens, device=features.device).expand(rows, -1))
         self.padding[:rows].copy_(torch.arange(rows, device=features.device) >= n_windows)
-        self._runner(("prefill", plan, rows), lambda: self._prefill(plan, constants, rows))()
+        self.graphs.runner(("prefill", plan, rows), lambda: self._prefill(plan, constants, rows))()
         # a step costs the CPU one eager attention and one replay per layer: everything else is
         # resolved here, once a chunk (hashing the plan alone took microseconds a call)
-        embed = self._runner(("embed", plan, rows), lambda: self._embed(plan, rows))
+        embed = self.graphs.runner(("embed", plan, rows), lambda: self._embed(plan, rows))
         layers = [
             (
                 self._heads(self.self_keys[layer, :rows]),
                 self._heads(self.self_values[layer, :rows]),
-                self._runner(("layer", plan, rows, layer), partial(self._finish_layer, plan, constants, rows, layer)),
+                self.graphs.runner(
+                    ("layer", plan, rows, layer), partial(self._finish_layer, plan, constants, rows, layer)
+                ),
             )
             for layer in range(len(self.model.decoder.blocks))
         ]
@@ -366,50 +446,6 @@ class GraphedGreedyDecoder:
             )
         return self.plan_tensors[plan]
 
-    def _runner(self, key: tuple[object, ...], work: Callable[[], None]) -> Callable[[], None]:
-        """What runs `work`: itself without graphs, else its graph's replay, captured on first use."""
-        if not self.use_graphs:
-            return work
-        graph = self.graphs.get(key)
-        if graph is not None:
-            return graph.replay
-
-        def capture_then_replay() -> None:
-            if key not in self.graphs:
-                self.graphs[key] = self._capture(work)
-            self.graphs[key].replay()
-
-        return capture_then_replay
-
-    def _capture(self, work: Callable[[], None]) -> torch.cuda.CUDAGraph:
-        # the warm-up run (which lets cuBLAS and the allocator settle outside the capture) really
-        # executes, so the decoding state it advances is put back before the graph replays it
-        state = [
-            self.next_token, self.sum_logprobs, self.tokens, self.last_is_timestamp,
-            self.penultimate_is_timestamp, self.last_timestamp, self.sampled, self.finished,
-            self.hidden, self.query, self.attended,
-        ]  # fmt: skip
-        saved = [tensor.clone() for tensor in state]
-        side = self.capture_stream
-        assert side is not None, "graphs are captured only where use_graphs made the stream"
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            work()
-        torch.cuda.current_stream().wait_stream(side)
-        for tensor, copy in zip(state, saved, strict=True):
-            tensor.copy_(copy)
-        graph = torch.cuda.CUDAGraph()
-        # graphs share one memory pool: each writes its results into the buffers above, never into
-        # pool memory that another graph's replay could reuse
-        with torch.cuda.graph(graph, pool=self.graph_pool, capture_error_mode="thread_local"):
-            work()
-        return graph
-
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
-        """whisper's qkv_attention (its SDPA branch), on views of the static caches."""
-        attended = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), is_causal=causal)
-        return attended.permute(0, 2, 1, 3).flatten(start_dim=2)
-
     def _prefill(self, plan: GreedyPlan, constants: _PlanTensors, rows: int) -> None:
         """The first call of whisper's loop: cross-attention keys, the initial tokens, the first choice."""
         decoder = self.model.decoder
@@ -423,7 +459,7 @@ class GraphedGreedyDecoder:
             keys, values = attention.key(x), attention.value(x)
             self.self_keys[layer, :rows, :n_initial] = keys
             self.self_values[layer, :rows, :n_initial] = values
-            return self._attend(attention.query(x), keys, values, causal=n_initial > 1)
+            return attend(attention.query(x), keys, values, self.n_head, causal=n_initial > 1)
 
         x = (decoder.token_embedding(constants.initial[:rows]) + decoder.positional_embedding[:n_initial]).to(
             self.dtype
@@ -438,14 +474,7 @@ class GraphedGreedyDecoder:
         for suppressed in (constants.suppress_first, constants.suppress):
             if suppressed is not None:
                 logits.index_fill_(1, suppressed, NEG_INF)
-        if plan.timestamps:
-            if plan.no_timestamps is not None:
-                logits[:, plan.no_timestamps] = NEG_INF
-            # a window opens with a timestamp, no later than max_initial_timestamp
-            logits[:, : plan.timestamp_begin] = NEG_INF
-            if plan.max_initial_timestamp_index is not None:
-                logits[:, plan.timestamp_begin + plan.max_initial_timestamp_index + 1 :] = NEG_INF
-            self._prefer_timestamps(logits, plan)
+        first_token_rules(logits, plan, self.vocabulary)
         chosen = logits.argmax(dim=-1)
         self.sum_logprobs[:rows] = F.log_softmax(logits.float(), dim=-1).gather(1, chosen[:, None]).squeeze(1)
         # padding rows start finished, so they never hold the batch open
@@ -453,11 +482,7 @@ class GraphedGreedyDecoder:
         self._record(plan, rows, chosen, first=True)
 
     def _cross_attention_and_mlp(self, block: ResidualAttentionBlock, layer: int, rows: int, x: Tensor) -> Tensor:
-        """The rest of ResidualAttentionBlock.forward after its self-attention."""
-        query = block.cross_attn.query(block.cross_attn_ln(x))
-        attended = self._attend(query, self.cross_keys[layer, :rows], self.cross_values[layer, :rows])
-        x = x + block.cross_attn.out(attended)
-        return x + block.mlp(block.mlp_ln(x))
+        return cross_attention_and_mlp(block, x, self.cross_keys[layer, :rows], self.cross_values[layer, :rows])
 
     def _position(self, plan: GreedyPlan) -> Tensor:
         """Where the fed token sits, as a device tensor that captured graphs read at replay."""
@@ -482,8 +507,7 @@ class GraphedGreedyDecoder:
         self.self_values[layer, :rows].index_copy_(1, position, attention.value(x))
 
     def _heads(self, x: Tensor) -> Tensor:
-        """(rows, tokens, width) viewed as (rows, heads, tokens, head width), as whisper's attention does."""
-        return x.view(*x.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
+        return split_heads(x, self.n_head)
 
     def _finish_layer(self, plan: GreedyPlan, constants: _PlanTensors, rows: int, layer: int) -> None:
         """Graph: the rest of `layer`, then the next layer's q, k, v, or after the last the token choice."""
@@ -507,29 +531,10 @@ class GraphedGreedyDecoder:
         self._record(plan, rows, chosen, first=False)
 
     def _timestamp_rules(self, logits: Tensor, plan: GreedyPlan, rows: int) -> None:
-        """whisper's ApplyTimestampRules after the first token, for all rows at once and without syncs."""
-        if plan.no_timestamps is not None:
-            logits[:, plan.no_timestamps] = NEG_INF
-        last = self.last_is_timestamp[:rows, None]
-        penultimate = self.penultimate_is_timestamp[:rows, None]
-        closing = last & ~penultimate
-        timestamp_column = self.vocabulary >= plan.timestamp_begin
-        # timestamps come in pairs: after a pair, text; after a closing one, a timestamp or the end
-        forbidden = (last & penultimate & timestamp_column) | (closing & (self.vocabulary < plan.eot))
-        # timestamps never decrease, and a segment after text has a nonzero length
-        last_timestamp = self.last_timestamp[:rows, None]
-        bound = torch.where(closing, last_timestamp, last_timestamp + 1)
-        forbidden |= timestamp_column & (self.vocabulary < bound) & (last_timestamp >= 0)
-        logits.masked_fill_(forbidden, NEG_INF)
-        self._prefer_timestamps(logits, plan)
-
-    def _prefer_timestamps(self, logits: Tensor, plan: GreedyPlan) -> None:
-        """A timestamp is forced where all timestamps together are likelier than any text token."""
-        logprobs = F.log_softmax(logits.float(), dim=-1)
-        timestamp_logprob = logprobs[:, plan.timestamp_begin :].logsumexp(dim=-1)
-        max_text_logprob = logprobs[:, : plan.timestamp_begin].max(dim=-1).values
-        prefer = (timestamp_logprob > max_text_logprob)[:, None]
-        logits.masked_fill_(prefer & (self.vocabulary < plan.timestamp_begin), NEG_INF)
+        timestamp_rules(
+            logits, plan, self.vocabulary, self.last_is_timestamp[:rows], self.penultimate_is_timestamp[:rows],
+            self.last_timestamp[:rows],
+        )  # fmt: skip
 
     def _record(self, plan: GreedyPlan, rows: int, chosen: Tensor, first: bool) -> None:
         """Append the chosen tokens and update what the timestamp rules remember of each row."""

@@ -95,6 +95,33 @@ def rest_of_window(window: Window, back: SeekBack | None) -> Window | None:
     return window.after(heard)
 
 
+def settle_window(
+    result: DecodingResult, window: Window, tokenizer: Tokenizer, round_number: int
+) -> tuple[DecodingResult | None, Window | None]:
+    """transcribe()'s handling of one window's final decode (fallback done), shared by both batching modes.
+
+    Returns what the transcript keeps of it (None for silence; else the result cut to whole segments
+    where the decode stopped early) and the follow-up window for the rest of its audio (None when the
+    window is done or it was the last round).
+    """
+    if is_silence(result):
+        return None, None
+    back = seek_back(result.tokens, tokenizer.timestamp_begin)
+    follow_up = rest_of_window(window, back) if round_number < MAX_FOLLOW_UP_ROUNDS else None
+    if follow_up is None or back is None:
+        return result, None
+    return replace(result, tokens=result.tokens[: back.keep]), follow_up
+
+
+@dataclass(frozen=True)
+class DecodedWindow:
+    """What a transcript keeps of one window: its final decode and, for word timestamps, its encoder features."""
+
+    window: Window
+    result: DecodingResult
+    features: torch.Tensor | None = None
+
+
 def transcription_options(job: AudioJob) -> TranscriptionOptions:
     if not isinstance(job.options, TranscriptionOptions):
         raise TypeError(f"a transcription pass got {type(job.options).__name__}")
@@ -272,8 +299,7 @@ class Transcriber:
         asked = [transcription_options(job) for job in jobs]
         windows = self.split(jobs)
         languages: list[str] | None = None
-        segments: list[list[Segment]] = [[] for _ in jobs]
-        last_speech = [0.0] * len(jobs)
+        decoded: list[list[DecodedWindow]] = [[] for _ in jobs]
         window_count = 0
         for round_number in range(1 + MAX_FOLLOW_UP_ROUNDS):
             if not windows:
@@ -286,39 +312,51 @@ class Transcriber:
             for (language, task, prompt, temperatures), positions in self.decoding_groups(asked, languages, windows):
                 tokenizer = self.tokenizer(task, language)
                 decoding = self.decoding_options(task, language, prompt)
-                limits = [synthetic.window_tokens(self.model, windows[p].end - windows[p].start) for p in positions]
+                limits = [self.window_limit(windows[p]) for p in positions]
                 results = self.decode_with_fallback(features[positions], decoding, temperatures, limits)
                 for position, result in zip(positions, results, strict=True):
-                    if is_silence(result):
-                        continue
                     window = windows[position]
-                    index = window.request_index
-                    back = seek_back(result.tokens, tokenizer.timestamp_begin)
-                    follow_up = rest_of_window(window, back) if round_number < MAX_FOLLOW_UP_ROUNDS else None
-                    if follow_up is not None and back is not None:
-                        result = replace(result, tokens=result.tokens[: back.keep])
+                    kept, follow_up = settle_window(result, window, tokenizer, round_number)
+                    if follow_up is not None:
                         follow_ups.append(follow_up)
-                    found = window_segments(result, window, tokenizer)
-                    if asked[index].word_timestamps:
-                        found, last_speech[index] = add_words(
-                            self.model, tokenizer, window, features[position], found, last_speech[index]
-                        )
-                    segments[index].extend(found)
+                    if kept is not None:
+                        index = window.request_index
+                        words_from = features[position] if asked[index].word_timestamps else None
+                        decoded[index].append(DecodedWindow(window, kept, words_from))
             windows = follow_ups
-
-        transcripts = []
-        for index, job in enumerate(jobs):
-            duration = round(len(job.waveform) / SAMPLE_RATE, 3)
-            job_segments = in_order(segments[index], duration)
-            transcripts.append(
-                Transcript(
-                    text="".join(s.text for s in job_segments).strip(),
-                    language=languages[index] if languages else asked[index].language or "en",
-                    duration=duration,
-                    segments=job_segments,
-                )
-            )
+        transcripts = [
+            self.transcript(job, languages[index] if languages else asked[index].language or "en", decoded[index])
+            for index, job in enumerate(jobs)
+        ]
         return transcripts, window_count
+
+    def window_limit(self, window: Window) -> int | None:
+        """The synthetic model's realistic decode length for `window`; None for a real model."""
+        return synthetic.window_tokens(self.model, window.end - window.start)
+
+    def transcript(self, job: AudioJob, language: str, decoded: Sequence[DecodedWindow]) -> Transcript:
+        """A job's transcript from its decoded windows, given in the engine's order: rounds, then windows.
+
+        Word alignment carries the end of the last word from one window to the next, so the order matters
+        (the continuous scheduler sorts its windows into this order first).
+        """
+        options = transcription_options(job)
+        tokenizer = self.tokenizer(options.task, language)
+        segments: list[Segment] = []
+        last_speech = 0.0
+        for item in decoded:
+            found = window_segments(item.result, item.window, tokenizer)
+            if options.word_timestamps and item.features is not None:
+                found, last_speech = add_words(self.model, tokenizer, item.window, item.features, found, last_speech)
+            segments.extend(found)
+        duration = round(len(job.waveform) / SAMPLE_RATE, 3)
+        ordered = in_order(segments, duration)
+        return Transcript(
+            text="".join(s.text for s in ordered).strip(),
+            language=language,
+            duration=duration,
+            segments=ordered,
+        )
 
     def decoding_groups(
         self, asked: Sequence[TranscriptionOptions], languages: Sequence[str], windows: Sequence[Window]

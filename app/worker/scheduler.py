@@ -1,8 +1,11 @@
 """Continuous batching: every request's windows decode in slots that free and refill at each token step.
 
-The worker's loop hands requests in with `submit` and calls `step` while any are in; `step` admits
-waiting windows into free slots (encoder, then prefill), advances every slot by one token, and returns
-the requests whose last window has just ended, so an answer never waits for a longer neighbour.
+The worker's loop hands requests in with `submit` and calls `step` while any are in; `step` splits new
+requests into windows (the engine's splitter: VAD where it is on), admits waiting windows into free
+slots (encoder, then prefill), advances every slot by one token, and returns the requests whose last
+window has just ended, so an answer never waits for a longer neighbour. A window that ends is handled
+as the static engine handles it (app/worker/engine.py: fallback, silence, seek-back), and its
+follow-up window, if any, waits for a slot like any other: greedy transcripts are the engine's.
 """
 
 from __future__ import annotations
@@ -10,23 +13,28 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-from whisper.audio import SAMPLE_RATE
 from whisper.decoding import DecodingResult, detect_language
 from whisper.tokenizer import Tokenizer
 from whisper.utils import compression_ratio
 
-from app.contract import ItemError, Reason, Segment, Transcript, TranscriptionOptions
-from app.worker import cuda_decoding, synthetic
-from app.worker.alignment import add_words
+from app.contract import ItemError, Outcome, Reason, TranscriptionOptions
+from app.worker import cuda_decoding
 from app.worker.cuda_decoding import GreedyPlan, greedy_plan
-from app.worker.engine import AudioJob, Transcriber, is_silence, needs_fallback
-from app.worker.segments import window_segments
+from app.worker.engine import (
+    AudioJob,
+    DecodedWindow,
+    Transcriber,
+    needs_fallback,
+    settle_window,
+    transcription_options,
+)
 from app.worker.slot_decoding import SlotDecoder, SlotResult, shared_plan
-from app.worker.windows import Window, split_waveform
+from app.worker.windows import Window
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +48,46 @@ ADMIT_AFTER_STEPS = 4
 # a pause for every running window (an idle decoder admits all it can hold)
 ADMIT_MOST = 64
 
+# what decodes side by side under one plan: (task, language, prompt)
+PlanKey = tuple[str, str, str | None]
+Prepared = tuple[GreedyPlan, tuple[int, ...], Tokenizer]
+
 
 @dataclass
 class _Request:
-    """One request in the scheduler: its windows' results fill in as their slots finish."""
+    """One request in the scheduler: its decoded windows collect as their slots finish."""
 
     key: Hashable
     job: AudioJob
-    windows: list[Window]
     submitted_at: float
     language: str | None = None
-    results: list[DecodingResult | None] = field(default_factory=list)
-    features: list[torch.Tensor | None] = field(default_factory=list)
+    decoded: list[tuple[tuple[int, int], DecodedWindow]] = field(default_factory=list)
     started_at: float | None = None
+    # windows waiting or in a slot; the request is answered when none is left
     pending: int = 0
+    # its windows went the static way (options the slots cannot decode) or failed
+    gone: bool = False
 
     @property
     def options(self) -> TranscriptionOptions:
-        return self.job.options
+        return transcription_options(self.job)
+
+
+@dataclass
+class _Window:
+    """One window of a request on its way through the slots.
+
+    `order` is (round, index of the first window it continues): the static engine's order of the
+    request's windows, in which the transcript is stitched.
+    """
+
+    request: _Request
+    window: Window
+    order: tuple[int, int]
+    features: torch.Tensor | None = None
+
+    def audio(self) -> np.ndarray:
+        return self.window.audio(self.request.job.waveform)
 
 
 @dataclass(frozen=True)
@@ -65,7 +95,7 @@ class Finished:
     """A request's answer, and when its first window began decoding."""
 
     key: Hashable
-    outcome: Transcript | ItemError
+    outcome: Outcome
     started_at: float
 
 
@@ -81,13 +111,15 @@ class ContinuousScheduler:
         self.transcriber = transcriber
         self.model = transcriber.model
         self.decoder = SlotDecoder(self.model, slots)
-        self.waiting: deque[tuple[_Request, int]] = deque()
-        self.in_slots: dict[int, tuple[_Request, int]] = {}
-        self.plans: dict[tuple, tuple[GreedyPlan, tuple[int, ...], Tokenizer] | None] = {}
-        # steps since the last admission while windows waited
+        self.arrived: list[_Request] = []
+        self.waiting: deque[_Window] = deque()
+        self.in_slots: dict[int, _Window] = {}
+        self.plans: dict[PlanKey, Prepared | None] = {}
+        # steps since the last admission while windows waited, and since the oldest arrival came
         self.waited_steps = 0
+        self.arrival_steps = 0
         started = time.monotonic()
-        default = self._plan("transcribe", "en", None)
+        default = self._plan(("transcribe", "en", None))
         graphs = self.decoder.prepare(default[0]) if default else 0
         if graphs:
             log.info("captured %d step graphs in %.1f s", graphs, time.monotonic() - started)
@@ -99,34 +131,72 @@ class ContinuousScheduler:
 
     @property
     def busy(self) -> bool:
-        return bool(self.waiting or self.in_slots)
+        return bool(self.arrived or self.waiting or self.in_slots)
 
     @property
     def occupied(self) -> int:
         return self.decoder.occupied
 
     def submit(self, key: Hashable, job: AudioJob) -> None:
-        windows = split_waveform(job.waveform)
-        request = _Request(key, job, windows, time.monotonic(), pending=len(windows))
-        request.results = [None] * len(windows)
-        request.features = [None] * len(windows)
-        if not self.model.is_multilingual:
-            request.language = "en"
-        elif job.options.language is not None:
-            request.language = job.options.language
-        self.waiting.extend((request, index) for index in range(len(windows)))
+        """`job` joins at the next step (split into windows there, together with every other new request)."""
+        self.arrived.append(_Request(key, job, time.monotonic()))
 
     def step(self) -> list[Finished]:
-        """Admit, advance every slot one token, and answer the requests that ended; never raises:
-        a failure answers every request in the slots and waiting for them with an error."""
+        """Split, admit, advance every slot one token, and answer the requests that ended; never raises:
+        a failure answers every request in the scheduler with an error."""
         try:
-            answers = self._admit()
+            answers = self._split() if self._split_due() else []
+            answers += self._admit()
             if self.decoder.occupied:
                 self.decoder.step()
             return answers + self._harvest()
         except Exception as error:
             log.exception("continuous decoding failed; failing the requests it held")
             return self._fail_all(error)
+
+    # -- arrival ----------------------------------------------------------------------------------------
+
+    def _split_due(self) -> bool:
+        """Whether to split the arrivals now: where an admission would take their windows (an idle decoder
+        at once, else ADMIT_AT_ONCE of them or the oldest waited ADMIT_AFTER_STEPS steps). The VAD splitter
+        costs the host about the same launches whatever the batch; split at every step, it took a third
+        of the worker's samples on an H100 (benchmarks/README.md, issue 15)."""
+        if not self.arrived:
+            return False
+        self.arrival_steps += 1
+        return (
+            not self.decoder.occupied
+            or len(self.arrived) + len(self.waiting) >= ADMIT_AT_ONCE
+            or self.arrival_steps >= ADMIT_AFTER_STEPS
+        )
+
+    def _split(self) -> list[Finished]:
+        """New requests' windows, from the engine's splitter in one call; answers for those with none.
+
+        Their windows are admitted in the same step: they already waited for the split."""
+        arrived, self.arrived = self.arrived, []
+        self.arrival_steps = 0
+        self.waited_steps = max(self.waited_steps, ADMIT_AFTER_STEPS - 1)
+        answers: list[Finished] = []
+        requests: list[_Request] = []
+        for request in arrived:
+            refusal = self.transcriber.refusal(request.options)
+            if refusal is not None:
+                answers.append(Finished(request.key, refusal, time.monotonic()))
+                continue
+            if not self.model.is_multilingual:
+                request.language = "en"
+            else:
+                request.language = request.options.language
+            requests.append(request)
+        windows = self.transcriber.split([request.job for request in requests]) if requests else []
+        for window in windows:
+            request = requests[window.request_index]
+            self.waiting.append(_Window(request, window, (0, request.pending)))
+            request.pending += 1
+        # VAD heard no speech: the engine's empty transcript
+        answers += [self._finish(request) for request in requests if request.pending == 0]
+        return answers
 
     # -- admission ------------------------------------------------------------------------------------
 
@@ -141,99 +211,115 @@ class ContinuousScheduler:
             return []
         self.waited_steps = 0
         most = min(len(free), ADMIT_MOST) if running else len(free)
-        taken: list[tuple[_Request, int]] = []
+        taken: list[_Window] = []
         while self.waiting and len(taken) < most:
             taken.append(self.waiting.popleft())
-        features = self.transcriber.encode(
-            [self._samples(request, index) for request, index in taken], cuda_decoding.ENCODER_WINDOWS
-        )
+        features = self.transcriber.encode([item.audio() for item in taken], cuda_decoding.ENCODER_WINDOWS)
         self._detect_languages(taken, features)
         # windows whose plan cannot decode beside the slots' go back to the front, in order
-        groups: dict[tuple, list[int]] = {}
-        refused: list[tuple[_Request, int]] = []
+        groups: dict[PlanKey, list[int]] = {}
+        refused: list[_Window] = []
         answers: list[Finished] = []
-        for row, (request, index) in enumerate(taken):
-            if request.pending < 0:
+        for row, item in enumerate(taken):
+            request = item.request
+            if request.gone:
                 continue  # its request went the static way
             key = self._plan_key(request)
-            prepared = self._plan(*key)
-            if prepared is None:
-                request.pending = -1
+            prepared = self._plan(key) if key is not None else None
+            if key is None or prepared is None:
                 answers.append(self._unsupported(request))
                 continue
             if not self.decoder.accepts(prepared[0]) or (
                 groups and shared_plan(prepared[0]) != self._first_plan(groups)
             ):
-                refused.append((request, index))
+                refused.append(item)
                 continue
             groups.setdefault(key, []).append(row)
         self.waiting.extendleft(reversed(refused))
         for key, rows in groups.items():
-            plan, initial, _ = self.plans[key]
+            plan, initial, _ = self._prepared(key)
             slots = self.decoder.free_slots()[: len(rows)]
-            limits = [self._limit(plan, *taken[row]) for row in rows]
+            limits = [self._limit(plan, taken[row]) for row in rows]
             self.decoder.admit(slots, features[rows], plan, initial, limits)
             now = time.monotonic()
             for slot, row in zip(slots, rows, strict=True):
-                request, index = taken[row]
-                # a copy: a view would keep the whole admission's features alive as long as any request
-                request.features[index] = features[row].clone()
-                request.started_at = request.started_at or now
-                self.in_slots[slot] = (request, index)
-        return [answer for answer in answers if answer is not None]
+                item = taken[row]
+                # a copy: a view would keep the whole admission's features alive as long as any window
+                item.features = features[row].clone()
+                item.request.started_at = item.request.started_at or now
+                self.in_slots[slot] = item
+        return answers
 
-    def _first_plan(self, groups: dict[tuple, list[int]]) -> GreedyPlan:
-        return shared_plan(self.plans[next(iter(groups))][0])
+    def _first_plan(self, groups: dict[PlanKey, list[int]]) -> GreedyPlan:
+        return shared_plan(self._prepared(next(iter(groups)))[0])
 
-    def _samples(self, request: _Request, index: int):
-        window = request.windows[index]
-        return request.job.waveform[window.start : window.end]
-
-    def _limit(self, plan: GreedyPlan, request: _Request, index: int) -> int:
-        window = request.windows[index]
-        realistic = synthetic.window_tokens(self.model, window.end - window.start)
+    def _limit(self, plan: GreedyPlan, item: _Window) -> int:
+        realistic = self.transcriber.window_limit(item.window)
         return min(plan.max_tokens, realistic) if realistic else plan.max_tokens
 
-    def _detect_languages(self, taken: list[tuple[_Request, int]], features: torch.Tensor) -> None:
-        """A request without a language takes the one detected in its first window (admitted first)."""
-        rows = [row for row, (request, index) in enumerate(taken) if request.language is None and index == 0]
+    def _detect_languages(self, taken: Sequence[_Window], features: torch.Tensor) -> None:
+        """A request without a language takes the one detected in its first window (admitted first),
+        as the engine does."""
+        rows = [row for row, item in enumerate(taken) if item.request.language is None and item.order == (0, 0)]
         if not rows:
             return
         with torch.inference_mode():
             _, probabilities = detect_language(self.model, features[rows])
         for row, distribution in zip(rows, probabilities, strict=True):
-            taken[row][0].language = max(distribution, key=distribution.get)
+            taken[row].request.language = max(distribution, key=distribution.get)
 
-    def _plan_key(self, request: _Request) -> tuple:
+    def _plan_key(self, request: _Request) -> PlanKey | None:
+        if request.language is None:
+            return None
         return (request.options.task, request.language, request.options.prompt)
 
-    def _plan(
-        self, task: str, language: str, prompt: str | None
-    ) -> tuple[GreedyPlan, tuple[int, ...], Tokenizer] | None:
-        key = (task, language, prompt)
+    def _plan(self, key: PlanKey) -> Prepared | None:
         if key not in self.plans:
-            options = self.transcriber.decoding_options(task, language, prompt)
-            self.plans[key] = greedy_plan(self.model, options)
+            self.plans[key] = greedy_plan(self.model, self.transcriber.decoding_options(*key))
         return self.plans[key]
+
+    def _prepared(self, key: PlanKey) -> Prepared:
+        """The plan of windows already admitted under `key`, which therefore has one."""
+        prepared = self.plans.get(key)
+        if prepared is None:
+            raise LookupError(f"no greedy plan for {key}")
+        return prepared
 
     # -- finished windows -----------------------------------------------------------------------------
 
     def _harvest(self) -> list[Finished]:
+        """Settle the windows that ended: the fallback ladder for those that need it (one static pass per
+        plan), then the engine's rule per window; a request whose last window settled is answered."""
+        ended = [(self.in_slots.pop(result.slot), result) for result in self.decoder.finished()]
+        if not ended:
+            return []
+        results = [self._result(item, slot) for item, slot in ended]
+        retry: dict[PlanKey, list[int]] = {}
+        for position, ((item, _), result) in enumerate(zip(ended, results, strict=True)):
+            key = self._plan_key(item.request)
+            if needs_fallback(result) and key is not None:
+                retry.setdefault(key, []).append(position)
+        for key, positions in retry.items():
+            hotter = self._fall_back([ended[p][0] for p in positions], key)
+            for position, result in zip(positions, hotter, strict=True):
+                results[position] = result
         answers = []
-        for result in self.decoder.finished():
-            request, index = self.in_slots.pop(result.slot)
-            request.results[index] = self._result(request, index, result)
-            request.pending -= 1
-            if request.pending == 0:
-                answers.append(self._finish(request))
+        for (item, _), result in zip(ended, results, strict=True):
+            answer = self._settle(item, result)
+            if answer is not None:
+                answers.append(answer)
         return answers
 
-    def _result(self, request: _Request, index: int, slot: SlotResult) -> DecodingResult:
-        plan, _, tokenizer = self.plans[self._plan_key(request)]
+    def _result(self, item: _Window, slot: SlotResult) -> DecodingResult:
+        """The slot's tokens as whisper.decode's result for that window."""
+        key = self._plan_key(item.request)
+        if key is None:
+            raise LookupError("a window decoded without a language")
+        plan, _, tokenizer = self._prepared(key)
         text = tokenizer.decode(slot.tokens).strip()
         return DecodingResult(
-            audio_features=request.features[index],
-            language=request.language,
+            audio_features=item.features,
+            language=item.request.language,
             tokens=slot.tokens,
             text=text,
             avg_logprob=slot.sum_logprob / (len(slot.tokens) + 1),
@@ -242,51 +328,60 @@ class ContinuousScheduler:
             compression_ratio=compression_ratio(text),
         )
 
-    def _finish(self, request: _Request) -> Finished:
-        """transcribe()'s fallback for the windows that need it (a separate, static pass), then segments."""
-        options = request.options
-        transcriber = self.transcriber
-        retry = [i for i, result in enumerate(request.results) if needs_fallback(result)]
-        if retry:
-            decoding = transcriber.decoding_options(options.task, request.language, options.prompt)
-            features = torch.stack([request.features[i] for i in retry])
-            limits = [self._limit(self.plans[self._plan_key(request)][0], request, i) for i in retry]
-            hotter = transcriber.decode_with_fallback(features, decoding, options.temperatures[1:], limits)
-            for i, result in zip(retry, hotter, strict=True):
-                request.results[i] = result
-        tokenizer = transcriber.tokenizer(options.task, request.language)
-        segments: list[Segment] = []
-        last_speech = 0.0
-        for index, (window, result) in enumerate(zip(request.windows, request.results, strict=True)):
-            if is_silence(result):
-                continue
-            found = window_segments(result, window, tokenizer)
-            if options.word_timestamps:
-                found, last_speech = add_words(
-                    self.model, tokenizer, window, request.features[index], found, last_speech
-                )
-            segments.extend(found)
-        transcript = Transcript(
-            text="".join(s.text for s in segments).strip(),
-            language=request.language,
-            duration=round(len(request.job.waveform) / SAMPLE_RATE, 3),
-            segments=segments,
-        )
-        request.features = []
-        return Finished(request.key, transcript, request.started_at)
+    def _fall_back(self, items: Sequence[_Window], key: PlanKey) -> list[DecodingResult]:
+        """transcribe()'s ladder past greedy for windows that failed its checks: a static pass, hotter."""
+        features = torch.stack([self._features(item) for item in items])
+        decoding = self.transcriber.decoding_options(*key)
+        temperatures = items[0].request.options.temperatures[1:]
+        limits = [self.transcriber.window_limit(item.window) for item in items]
+        return self.transcriber.decode_with_fallback(features, decoding, temperatures, limits)
 
-    def _unsupported(self, request: _Request) -> Finished | None:
+    @staticmethod
+    def _features(item: _Window) -> torch.Tensor:
+        if item.features is None:
+            raise LookupError("a window left its slot without its encoder features")
+        return item.features
+
+    def _settle(self, item: _Window, result: DecodingResult) -> Finished | None:
+        request = item.request
+        request.pending -= 1
+        if request.gone:
+            return None
+        key = self._plan_key(request)
+        if key is None:
+            raise LookupError("a window decoded without a language")
+        round_number, first = item.order
+        kept, follow_up = settle_window(result, item.window, self._prepared(key)[2], round_number)
+        if kept is not None:
+            words_from = item.features if request.options.word_timestamps else None
+            request.decoded.append((item.order, DecodedWindow(item.window, kept, words_from)))
+        item.features = None
+        if follow_up is not None:
+            # the rest of a request already decoding goes first: it is what its answer waits for
+            request.pending += 1
+            self.waiting.appendleft(_Window(request, follow_up, (round_number + 1, first)))
+        return self._finish(request) if request.pending == 0 else None
+
+    def _finish(self, request: _Request) -> Finished:
+        """The request's transcript, stitched by the engine in its own window order."""
+        decoded = [window for _, window in sorted(request.decoded, key=lambda pair: pair[0])]
+        transcript = self.transcriber.transcript(request.job, request.language or "en", decoded)
+        request.decoded = []
+        return Finished(request.key, transcript, request.started_at or time.monotonic())
+
+    def _unsupported(self, request: _Request) -> Finished:
         """A window whose options the greedy slots cannot decode: its whole request goes the static way."""
-        self.waiting = deque(item for item in self.waiting if item[0] is not request)
-        for slot in [slot for slot, (held, _) in self.in_slots.items() if held is request]:
-            self.in_slots.pop(slot)
+        request.gone = True
+        self.waiting = deque(item for item in self.waiting if item.request is not request)
         [outcome] = self.transcriber.run_isolated([request.job]).outcomes
         return Finished(request.key, outcome, time.monotonic())
 
     def _fail_all(self, error: Exception) -> list[Finished]:
         if isinstance(error, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
-        requests = {id(r): r for r, _ in [*self.in_slots.values(), *self.waiting]}
+        held = [*self.arrived, *(item.request for item in (*self.in_slots.values(), *self.waiting))]
+        requests = {id(request): request for request in held if not request.gone}
+        self.arrived.clear()
         self.in_slots.clear()
         self.waiting.clear()
         self.decoder.release_all()

@@ -19,21 +19,27 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from whisper.model import ResidualAttentionBlock, Whisper
+from whisper.model import Whisper
 
-from app.worker.cuda_decoding import NEG_INF, GreedyPlan, bytes_per_window, encoder_workspace
+from app.worker.cuda_decoding import (
+    NEG_INF,
+    GreedyPlan,
+    attend,
+    bucket,
+    cross_attention_and_mlp,
+    first_token_rules,
+    split_heads,
+    timestamp_rules,
+    windows_that_fit,
+)
+from app.worker.graphs import GraphCache
 
 log = logging.getLogger(__name__)
-
-# slot counts that get a step graph each: a step runs the smallest bucket that covers every occupied slot
-SMALL_BUCKETS = (1, 2, 4, 8, 16)
-BUCKET_STEP = 16
-# share of the GPU memory free after loading the model that the slots may take
-MEMORY_FRACTION = 0.9
 
 
 def shared_plan(plan: GreedyPlan) -> GreedyPlan:
@@ -65,7 +71,7 @@ class _Snapshot:
             sum_logprobs=host(capacity, dtype=torch.float32),
             no_speech=host(capacity, dtype=torch.float32),
             tokens=host(capacity, n_ctx, dtype=torch.long),
-            event=torch.cuda.Event() if pinned else None,
+            event=torch.cuda.Event() if pinned else None,  # type: ignore[no-untyped-call]
         )
 
     def take(self, decoder: SlotDecoder, rows: int, step: int) -> None:
@@ -91,19 +97,9 @@ class SlotResult:
 
 
 def slots_that_fit(model: Whisper, requested: int, gpu_share: float = 1.0) -> int:
-    """`requested`, or fewer slots where this worker's part of the GPU's memory holds fewer."""
-    free, total = torch.cuda.mem_get_info(model.device)
-    usable = int(min(free, int(total * gpu_share)) * MEMORY_FRACTION) - encoder_workspace(model)
-    fit = max(1, usable // bytes_per_window(model))
-    if fit < requested:
-        log.warning("%d decoding slots fit in free GPU memory; %d were asked for", fit, requested)
-    return min(requested, fit)
-
-
-def bucket(n_slots: int, capacity: int) -> int:
-    """Rows a step over slots [0, n_slots) runs with: a graph's batch size, at most `capacity`."""
-    size = next((s for s in SMALL_BUCKETS if s >= n_slots), math.ceil(n_slots / BUCKET_STEP) * BUCKET_STEP)
-    return min(size, capacity)
+    """`requested`, or fewer slots where this worker's part of the GPU's memory holds fewer (a slot
+    holds what a window of a static pass holds)."""
+    return windows_that_fit(model, requested, gpu_share, unit="decoding slots")
 
 
 def dense_attention(query: Tensor, keys: Tensor, values: Tensor) -> Tensor:
@@ -136,6 +132,8 @@ class SlotDecoder:
     """
 
     def __init__(self, model: Whisper, capacity: int, use_graphs: bool | None = None) -> None:
+        """A step over the slots runs as one CUDA graph per bucket of slots (cuda_decoding.bucket): the
+        smallest that covers every occupied slot."""
         self.model = model
         self.capacity = capacity
         device = model.device
@@ -176,14 +174,18 @@ class SlotDecoder:
         self.hidden = zeros(capacity, 1, width)
         self.query = zeros(capacity, 1, width)
         self.attended = zeros(capacity, 1, width)
-        self.plan: GreedyPlan | None = None
+        # what every row in the slots decodes by (shared_plan), set by the first admission or `prepare`
+        self._plan: GreedyPlan | None = None
         self.suppress: Tensor | None = None
         # host side: which slots hold a window, and each one's key count (for grouped attention)
         self.occupant: list[bool] = [False] * capacity
         self.host_lengths: list[int] = [0] * capacity
-        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
-        self.graph_pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
-        self.capture_stream = torch.cuda.Stream(device) if self.use_graphs else None
+        state = [
+            self.next_token, self.n_sampled, self.sum_logprobs, self.tokens, self.last_is_timestamp,
+            self.penultimate_is_timestamp, self.last_timestamp, self.done, self.lengths, self.hidden, self.query,
+            self.attended,
+        ]  # fmt: skip
+        self.graphs = GraphCache(device, self.use_graphs, state)
         self.varlen = self.use_graphs and varlen_is_exact(device, self.n_head, width // self.n_head, self.n_ctx)
         # results leave the GPU one step behind: step N's state is copied out while step N + 1 runs,
         # so the host never waits for the GPU to finish the step it just queued
@@ -194,6 +196,13 @@ class SlotDecoder:
         log.info("slot decoder: %d slots, %s self-attention", capacity, "varlen" if self.varlen else "grouped")
 
     # -- host bookkeeping ---------------------------------------------------------------------------
+
+    @property
+    def plan(self) -> GreedyPlan:
+        """The shared plan of the rows in the slots; only read once a window was admitted or graphs prepared."""
+        if self._plan is None:
+            raise RuntimeError("the slot decoder has no plan before its first admission")
+        return self._plan
 
     @property
     def occupied(self) -> int:
@@ -209,9 +218,9 @@ class SlotDecoder:
 
     def accepts(self, plan: GreedyPlan) -> bool:
         """Whether windows of `plan` can decode beside the windows in the slots now."""
-        return self.plan is None or self.occupied == 0 or shared_plan(plan) == self.plan
+        return self._plan is None or self.occupied == 0 or shared_plan(plan) == self._plan
 
-    def on_device(self) -> contextlib.AbstractContextManager:
+    def on_device(self) -> contextlib.AbstractContextManager[object]:
         return torch.cuda.device(self.model.device) if self.use_graphs else contextlib.nullcontext()
 
     # -- admission ----------------------------------------------------------------------------------
@@ -246,9 +255,9 @@ class SlotDecoder:
                 keys, values = attention.key(h), attention.value(h)
                 self.self_keys[layer, :, :n_initial].index_copy_(0, index, keys)
                 self.self_values[layer, :, :n_initial].index_copy_(0, index, values)
-                attended = self._attend(attention.query(h), keys, values, causal=n_initial > 1)
+                attended = attend(attention.query(h), keys, values, self.n_head, causal=n_initial > 1)
                 x = x + attention.out(attended)
-                x = self._cross_attention_and_mlp(block, x, cross_keys, cross_values)
+                x = cross_attention_and_mlp(block, x, cross_keys, cross_values)
                 del cross_keys, cross_values
             logits = (decoder.ln(x) @ self.embedding_t).float()
             no_speech = torch.full((rows,), math.nan, device=device)
@@ -259,13 +268,7 @@ class SlotDecoder:
                 logits.index_fill_(1, torch.tensor(plan.suppress_first, device=device), NEG_INF)
             if self.suppress is not None:
                 logits.index_fill_(1, self.suppress, NEG_INF)
-            if shared.timestamps:
-                if shared.no_timestamps is not None:
-                    logits[:, shared.no_timestamps] = NEG_INF
-                logits[:, : shared.timestamp_begin] = NEG_INF
-                if shared.max_initial_timestamp_index is not None:
-                    logits[:, shared.timestamp_begin + shared.max_initial_timestamp_index + 1 :] = NEG_INF
-                self._prefer_timestamps(logits)
+            first_token_rules(logits, shared, self.vocabulary)
             chosen = logits.argmax(dim=-1)
             logprob = F.log_softmax(logits.float(), dim=-1).gather(1, chosen[:, None]).squeeze(1)
             is_timestamp = chosen >= shared.timestamp_begin
@@ -294,10 +297,10 @@ class SlotDecoder:
 
     def _configure(self, plan: GreedyPlan) -> None:
         shared = shared_plan(plan)
-        if shared == self.plan:
+        if shared == self._plan:
             return
         device = self.model.device
-        self.plan = shared
+        self._plan = shared
         # kept alive: captured graphs read it in place
         self.suppress = torch.tensor(plan.suppress, dtype=torch.long, device=device) if plan.suppress else None
         self.graphs.clear()
@@ -310,7 +313,7 @@ class SlotDecoder:
         rows = self.rows()
         with self.on_device():
             if self.varlen:
-                self._runner(("step", rows), lambda: self._whole_step(rows))()
+                self.graphs.runner(("step", rows), lambda: self._whole_step(rows))()
             else:
                 self._embed_runner(rows)()
                 groups = self._length_groups(rows)
@@ -366,7 +369,7 @@ class SlotDecoder:
             for rows in sorted({bucket(n, self.capacity) for n in range(1, self.capacity + 1)}):
                 # every slot is free (done): the replays change nothing that a later window reads
                 if self.varlen:
-                    self._runner(("step", rows), lambda rows=rows: self._whole_step(rows))()
+                    self.graphs.runner(("step", rows), partial(self._whole_step, rows))()
                 else:
                     self._embed_runner(rows)()
                     for layer in range(self.n_layers):
@@ -385,10 +388,10 @@ class SlotDecoder:
             self._finish_layer(rows, layer)
 
     def _embed_runner(self, rows: int) -> Callable[[], None]:
-        return self._runner(("embed", rows), lambda: self._embed(rows))
+        return self.graphs.runner(("embed", rows), lambda: self._embed(rows))
 
     def _layer_runner(self, rows: int, layer: int) -> Callable[[], None]:
-        return self._runner(("layer", rows, layer), lambda: self._finish_layer(rows, layer))
+        return self.graphs.runner(("layer", rows, layer), lambda: self._finish_layer(rows, layer))
 
     def _length_groups(self, rows: int) -> dict[int, list[int]]:
         groups: dict[int, list[int]] = defaultdict(list)
@@ -408,56 +411,10 @@ class SlotDecoder:
             attended = dense_attention(query, keys, values).permute(0, 2, 1, 3).flatten(start_dim=2)
             self.attended.index_copy_(0, index, attended)
 
-    def _runner(self, key: tuple, work: Callable[[], None]) -> Callable[[], None]:
-        if not self.use_graphs:
-            return work
-        graph = self.graphs.get(key)
-        if graph is not None:
-            return graph.replay
-
-        def capture_then_replay() -> None:
-            if key not in self.graphs:
-                self.graphs[key] = self._capture(work)
-            self.graphs[key].replay()
-
-        return capture_then_replay
-
-    def _capture(self, work: Callable[[], None]) -> torch.cuda.CUDAGraph:
-        # the warm-up run really executes: the state it advances is put back before the graph replays
-        state = [
-            self.next_token, self.n_sampled, self.sum_logprobs, self.tokens, self.last_is_timestamp,
-            self.penultimate_is_timestamp, self.last_timestamp, self.done, self.lengths, self.hidden, self.query,
-            self.attended,
-        ]  # fmt: skip
-        saved = [tensor.clone() for tensor in state]
-        side = self.capture_stream
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            work()
-        torch.cuda.current_stream().wait_stream(side)
-        for tensor, copy in zip(state, saved, strict=True):
-            tensor.copy_(copy)
-        del saved
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.graph_pool, capture_error_mode="thread_local"):
-            work()
-        return graph
-
     # -- the model's arithmetic, as whisper does it ---------------------------------------------------
 
     def _heads(self, x: Tensor) -> Tensor:
-        return x.view(*x.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
-
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = False) -> Tensor:
-        attended = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), is_causal=causal)
-        return attended.permute(0, 2, 1, 3).flatten(start_dim=2)
-
-    def _cross_attention_and_mlp(
-        self, block: ResidualAttentionBlock, x: Tensor, keys: Tensor, values: Tensor
-    ) -> Tensor:
-        query = block.cross_attn.query(block.cross_attn_ln(x))
-        x = x + block.cross_attn.out(self._attend(query, keys, values))
-        return x + block.mlp(block.mlp_ln(x))
+        return split_heads(x, self.n_head)
 
     def _position(self, rows: int) -> Tensor:
         """Where each row's fed token sits."""
@@ -481,7 +438,7 @@ class SlotDecoder:
     def _finish_layer(self, rows: int, layer: int) -> None:
         block = self.model.decoder.blocks[layer]
         x = self.hidden[:rows] + block.attn.out(self.attended[:rows])
-        x = self._cross_attention_and_mlp(block, x, self.cross_keys[layer, :rows], self.cross_values[layer, :rows])
+        x = cross_attention_and_mlp(block, x, self.cross_keys[layer, :rows], self.cross_values[layer, :rows])
         if layer + 1 < self.n_layers:
             self.hidden[:rows] = x
             self._project(layer + 1, rows, self._position(rows))
@@ -516,27 +473,10 @@ class SlotDecoder:
         self.done[:rows] = done | (chosen == plan.eot) | (n_sampled >= self.limit[:rows])
 
     def _timestamp_rules(self, logits: Tensor, rows: int) -> None:
-        plan = self.plan
-        if plan.no_timestamps is not None:
-            logits[:, plan.no_timestamps] = NEG_INF
-        last = self.last_is_timestamp[:rows, None]
-        penultimate = self.penultimate_is_timestamp[:rows, None]
-        closing = last & ~penultimate
-        timestamp_column = self.vocabulary >= plan.timestamp_begin
-        forbidden = (last & penultimate & timestamp_column) | (closing & (self.vocabulary < plan.eot))
-        last_timestamp = self.last_timestamp[:rows, None]
-        bound = torch.where(closing, last_timestamp, last_timestamp + 1)
-        forbidden |= timestamp_column & (self.vocabulary < bound) & (last_timestamp >= 0)
-        logits.masked_fill_(forbidden, NEG_INF)
-        self._prefer_timestamps(logits)
-
-    def _prefer_timestamps(self, logits: Tensor) -> None:
-        plan = self.plan
-        logprobs = F.log_softmax(logits.float(), dim=-1)
-        timestamp_logprob = logprobs[:, plan.timestamp_begin :].logsumexp(dim=-1)
-        max_text_logprob = logprobs[:, : plan.timestamp_begin].max(dim=-1).values
-        prefer = (timestamp_logprob > max_text_logprob)[:, None]
-        logits.masked_fill_(prefer & (self.vocabulary < plan.timestamp_begin), NEG_INF)
+        timestamp_rules(
+            logits, self.plan, self.vocabulary, self.last_is_timestamp[:rows], self.penultimate_is_timestamp[:rows],
+            self.last_timestamp[:rows],
+        )  # fmt: skip
 
 
 def varlen_is_exact(device: torch.device, n_head: int, head_width: int, n_ctx: int) -> bool:
