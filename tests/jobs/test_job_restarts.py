@@ -52,18 +52,33 @@ def stored_rows(jobs_db: str) -> int:
         return tx.execute("SELECT COUNT(*) AS jobs FROM whisper_jobs").fetchone()["jobs"]
 
 
+def test_a_job_interrupted_by_a_crash_resumes_after_restart_on_sqlite(
+    tmp_path: Path, model_cache_dir: Path, few_minutes_speech: Path
+) -> None:
+    jobs_db, jobs_dir = str(tmp_path / "jobs.db"), tmp_path / "job-uploads"
+    first, second = (
+        ServiceProcess(tmp_path / name, model_cache_dir, STARTUP_SECONDS, **jobs_env(jobs_db, jobs_dir, **ONE_WINDOW))
+        for name in ("first", "second")
+    )
+    try:
+        interrupted_job_resumes_after_restart(first.start(), second, jobs_db, jobs_dir, few_minutes_speech)
+    finally:
+        # stopped here whatever failed: a service left running would load the machine for the tests after it
+        second.stop()
+        first.stop()
+
+
 def interrupted_job_resumes_after_restart(
-    first: ServiceProcess, restarted_at: Path, jobs_db: str, jobs_dir: Path, model_cache_dir: Path, audio: Path
-) -> tuple[str, ServiceProcess]:
+    first: ServiceProcess, second: ServiceProcess, jobs_db: str, jobs_dir: Path, audio: Path
+) -> None:
+    """`first` crashes part way through a job; `second`, started after on the same store, finishes it."""
     job_id = submitted(first, audio, response_format="text")
     wait_until_windows_done(first, job_id, DONE_BEFORE_CRASH)
     crash(first)
     at_crash = JobStore.open(jobs_db).get(job_id)
     assert at_crash.status is JobStatus.RUNNING
     assert DONE_BEFORE_CRASH <= at_crash.windows_done < at_crash.windows_total
-    second = ServiceProcess(
-        restarted_at, model_cache_dir, STARTUP_SECONDS, **jobs_env(jobs_db, jobs_dir, **ONE_WINDOW)
-    ).start()
+    second.start()
     body = wait_until_over(second, job_id)
     assert body["status"] == "done", body
     assert body["attempts"] == 2
@@ -73,23 +88,6 @@ def interrupted_job_resumes_after_restart(
     assert completions(job_id, first, second) == 1
     assert "the quick brown fox" in body["result"].lower()
     assert list(jobs_dir.iterdir()) == []
-    return job_id, second
-
-
-def test_a_job_interrupted_by_a_crash_resumes_after_restart_on_sqlite(
-    tmp_path: Path, model_cache_dir: Path, few_minutes_speech: Path
-) -> None:
-    jobs_db, jobs_dir = str(tmp_path / "jobs.db"), tmp_path / "job-uploads"
-    first = ServiceProcess(
-        tmp_path / "first", model_cache_dir, STARTUP_SECONDS, **jobs_env(jobs_db, jobs_dir, **ONE_WINDOW)
-    ).start()
-    try:
-        _, second = interrupted_job_resumes_after_restart(
-            first, tmp_path / "second", jobs_db, jobs_dir, model_cache_dir, few_minutes_speech
-        )
-        second.stop()
-    finally:
-        first.stop()
 
 
 def test_replicas_on_one_postgresql_share_jobs_and_take_over_a_crashed_ones_work(
