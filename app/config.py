@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     jobs_max_bytes: int = Field(10_000_000_000, ge=1)
     # seconds a runner holds a job without renewing; a job whose holder crashed runs again after this
     jobs_lease_seconds: float = Field(60.0, ge=1.0)
+    # a job goes to the model worker in pieces of at most this many seconds, cut at the quietest point; each is
+    # transcribed as /transcribe would transcribe it (VAD, seek-back), so only their edges differ from it.
+    # Longer: fewer edges; shorter: finer progress, and a synchronous request waits behind less job audio
+    jobs_window_seconds: float = Field(60.0, ge=30.0)
     # job windows an HTTP process keeps queued for the worker while no synchronous request is held (one otherwise)
     jobs_windows_in_flight: int = Field(4, ge=1, le=1024)
     # key of the HMAC-SHA256 signature on webhook calls; jobs may name a webhook_url only when it is set

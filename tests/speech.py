@@ -84,3 +84,10 @@ def long_speech(destination: Path, minimum_seconds: float) -> Path:
         part.unlink()
     listing.unlink()
     return destination
+
+
+def looped(clip: Path, times: int, destination: Path) -> Path:
+    """`clip` played `times` over, as Opus: small to upload, long to transcribe."""
+    loop = ["-stream_loop", str(times - 1), "-i", str(clip), "-c:a", "libopus", "-b:a", "24k"]
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *loop, str(destination)], check=True)
+    return destination

@@ -98,13 +98,13 @@ def quietest_sample(region: np.ndarray) -> int:
     return int(starts[latest_minimum] + frame // 2)
 
 
-def split_waveform(waveform: np.ndarray, request_index: int = 0) -> list[Window]:
-    """Cover `waveform` with consecutive windows of at most 30 s, cut at quiet points."""
+def split_waveform(waveform: np.ndarray, request_index: int = 0, window_samples: int = N_SAMPLES) -> list[Window]:
+    """Cover `waveform` with consecutive windows of at most `window_samples` (30 s), cut at quiet points."""
     search = int(BOUNDARY_SEARCH_SECONDS * SAMPLE_RATE)
     windows: list[Window] = []
     start = 0
-    while len(waveform) - start > N_SAMPLES:
-        limit = start + N_SAMPLES
+    while len(waveform) - start > window_samples:
+        limit = start + window_samples
         cut = limit - search + quietest_sample(waveform[limit - search : limit])
         windows.append(Window(request_index, start, cut))
         start = cut

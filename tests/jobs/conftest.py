@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from tests.jobs.client import BUDGET_BYTES, STARTUP_SECONDS, jobs_env
 from tests.postgres import postgres_server
 from tests.service import ServiceProcess
+from tests.speech import looped
 
 
 @pytest.fixture(scope="session")
@@ -39,22 +39,9 @@ def jobs_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("fresh_postgres_url")
 
 
-def looped(clip: Path, times: int, destination: Path) -> Path:
-    """`clip` played `times` over, as Opus: small to upload, long to transcribe."""
-    loop = ["-stream_loop", str(times - 1), "-i", str(clip), "-c:a", "libopus", "-b:a", "24k"]
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *loop, str(destination)], check=True)
-    return destination
-
-
-@pytest.fixture(scope="session")
-def ten_minute_speech(minute_long_wav: Path) -> Path:
-    """About eleven minutes of speech (23 windows): the long job the latency test runs beside short requests."""
-    return looped(minute_long_wav, 10, minute_long_wav.parent / "ten-minutes.ogg")
-
-
 @pytest.fixture(scope="session")
 def few_minutes_speech(minute_long_wav: Path) -> Path:
-    """About three minutes of speech (7 windows): long enough to cancel or interrupt a job part way."""
+    """About three minutes of speech (4 job windows of 60 s): long enough to cancel or interrupt a job part way."""
     return looped(minute_long_wav, 3, minute_long_wav.parent / "three-minutes.ogg")
 
 
@@ -71,8 +58,5 @@ def jobs_service(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path
         WHISPER_WEBHOOK_ALLOW_PRIVATE="1",
         WHISPER_WEBHOOK_ATTEMPTS="3",
         WHISPER_WEBHOOK_BACKOFF="0.2",
-        # a job's windows are cut by split_waveform and each is sent alone, where /transcribe runs VAD over the
-        # whole file: with VAD on, their window edges (and so a few timestamps) differ, so compare without it
-        WHISPER_VAD="false",
     ) as process:
         yield process

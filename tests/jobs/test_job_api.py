@@ -38,7 +38,8 @@ def test_a_long_job_joins_its_windows_on_the_files_clock(jobs_service: ServicePr
     job_id = submitted(jobs_service, minute_long_wav, response_format="srt")
     body = wait_until_over(jobs_service, job_id)
     assert body["status"] == "done", body
-    assert body["progress"]["windows_total"] == body["progress"]["windows_done"] >= 3
+    # job windows of WHISPER_JOBS_WINDOW_SECONDS (60 s): a minute and more of speech takes two
+    assert body["progress"]["windows_total"] == body["progress"]["windows_done"] >= 2
     # not compared with /transcribe's answer word for word: a window that fails transcribe()'s checks is
     # sampled at a higher temperature, and sampling differs from run to run
     cues = list(srt.parse(body["result"]))

@@ -28,7 +28,7 @@ from tests.jobs.test_store import Clock
 pytestmark = pytest.mark.unit
 
 LEASE = 30.0
-# long enough for five windows of the worker's splitter
+# long enough for five 30 s windows
 AUDIO_SECONDS = 140
 
 
@@ -76,6 +76,8 @@ class Jobs:
             tmp_dir=tmp_path / "tmp",
             jobs_db=str(tmp_path / "jobs.db"),
             jobs_dir=tmp_path / "job-uploads",
+            # windows as short as a job's can be: the tone's 140 s give five
+            jobs_window_seconds=30.0,
             **settings,  # type: ignore[arg-type]
         )
         self.settings.tmp_dir.mkdir(parents=True)

@@ -1,8 +1,11 @@
 """The job runner in each HTTP process: claims jobs from the store and feeds their windows to the model worker.
 
-Each window is a request of its own in the worker's queue, so a long file's windows join passes with
-everyone else's; fewer of them are kept in flight while synchronous requests are held, so those keep their
-latency. Every finished window is saved with the lease renewed, so a job picked up again resumes there.
+A job's windows are stretches of the file of at most WHISPER_JOBS_WINDOW_SECONDS, cut at the quietest point.
+Each is a request of its own in the worker's queue, which the worker transcribes exactly as it would an upload
+to /transcribe (its VAD cuts it into speech windows, with seek-back), so a job differs from /transcribe only at
+those few cuts; a long file's windows join passes with everyone else's, and fewer of them are kept in flight
+while synchronous requests are held, so those keep their latency. Every finished window is saved with the
+lease renewed, so a job picked up again resumes there.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class Span(Protocol):
-    """A stretch of a waveform, in samples: what the model worker's window splitter returns."""
+    """A stretch of a waveform, in samples: what the window splitter returns."""
 
     @property
     def start(self) -> int: ...
@@ -48,8 +51,9 @@ class Span(Protocol):
 
 # WorkerClient.run: hands one window to the model worker and awaits its answer
 SubmitWindow = Callable[[QueuedJob, float, Callable[[], None]], Awaitable[Reported | ItemError]]
-# the worker's own window splitter, given by the wiring: a job's windows are the ones /transcribe would cut
-WindowSplitter = Callable[[np.ndarray, int], Sequence[Span]]
+# cuts a waveform into spans of at most the given samples at quiet points (the worker's split_waveform, given
+# by the wiring, as app/web does not import app/worker): (waveform, request_index, window_samples)
+WindowSplitter = Callable[[np.ndarray, int, int], Sequence[Span]]
 
 # how often an idle runner looks for jobs queued by other processes and replicas
 POLL_SECONDS = 1.0
@@ -207,7 +211,7 @@ class JobRunner:
                 raise JobFailed(error.error.message) from None
             # mapped, not read: an hour of audio stays on the tmpfs, not in this process's memory
             waveform = np.memmap(files.waveform, dtype=WAVEFORM_DTYPE, mode="r")
-            windows = self.splitter(waveform, 0)
+            windows = self.splitter(waveform, 0, round(self.settings.jobs_window_seconds * SAMPLE_RATE))
             if not await STORE_THREADS.run(self.store.plan, claim, len(windows), seconds):
                 raise LeaseLost
             saved_json = await STORE_THREADS.run(self.store.saved_windows, job.id)
