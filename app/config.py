@@ -101,9 +101,11 @@ class Settings(BaseSettings):
     # a job goes to the model worker in pieces of at most this many seconds, cut at the quietest point; each is
     # transcribed as /transcribe would transcribe it (VAD, seek-back), so only their edges differ from it.
     # Longer: fewer edges; shorter: finer progress, and a synchronous request waits behind less job audio
-    jobs_window_seconds: float = Field(60.0, ge=30.0)
-    # job windows an HTTP process keeps queued for the worker while no synchronous request is held (one otherwise)
-    jobs_windows_in_flight: int = Field(4, ge=1, le=1024)
+    jobs_window_seconds: float = Field(30.0, ge=30.0)
+    # job windows an HTTP process keeps queued for the worker while no synchronous request is held (none otherwise)
+    jobs_windows_in_flight: int = Field(1, ge=1, le=1024)
+    # while synchronous requests are held, a job submits no window until it has waited this long (then one)
+    jobs_longest_yield_seconds: float = Field(10.0, ge=0.0)
     # key of the HMAC-SHA256 signature on webhook calls; jobs may name a webhook_url only when it is set
     webhook_secret: SecretStr | None = None
     # let webhook URLs reach private, loopback and link-local addresses (the operator's own network)

@@ -26,6 +26,8 @@ def jobs_env(database: str | Path, jobs_dir: Path, **extra: str) -> dict[str, st
         "WHISPER_JOBS_DB": str(database),
         "WHISPER_JOBS_DIR": str(jobs_dir),
         "WHISPER_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        # the window counts these tests expect: a minute and more of speech takes two job windows
+        "WHISPER_JOBS_WINDOW_SECONDS": "60",
         **extra,
     }
 

@@ -7,6 +7,7 @@ The upload is really decoded by ffmpeg and really cut by the worker's splitter; 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 from collections.abc import Callable
@@ -125,11 +126,28 @@ def test_windows_in_flight_follow_synchronous_load(tmp_path: Path, tone: Path) -
     idle.run_claimed()
     assert idle.worker.most_waiting == 3
 
-    loaded = Jobs(tmp_path / "loaded", tone, StandInWorker(), jobs_windows_in_flight=3)
+    # under sustained synchronous load a job submits one window each time it has yielded long enough
+    loaded = Jobs(tmp_path / "loaded", tone, StandInWorker(), jobs_windows_in_flight=3, jobs_longest_yield_seconds=0.1)
     with loaded.admission.admit():
         loaded.run_claimed()
     assert loaded.worker.most_waiting == 1
     assert loaded.store.get("j").status is JobStatus.DONE
+
+
+def test_a_job_submits_nothing_while_a_synchronous_request_is_held(tmp_path: Path, tone: Path) -> None:
+    jobs = Jobs(tmp_path, tone, StandInWorker(), jobs_longest_yield_seconds=3600.0)
+    claim = jobs.store.claim("runner", LEASE)
+    assert claim is not None
+
+    async def run_while_held() -> None:
+        with jobs.admission.admit(), contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(jobs.runner.execute(claim), timeout=5.0)
+
+    asyncio.run(run_while_held())
+    job = jobs.store.get("j")
+    assert job.windows_total is not None and job.windows_total >= 4, "the job was split, ready to submit"
+    assert jobs.worker.calls == []
+    assert job.windows_done == 0
 
 
 def test_a_job_picked_up_again_runs_only_its_unsaved_windows(tmp_path: Path, tone: Path) -> None:

@@ -63,8 +63,9 @@ PRIORITY_POLL_SECONDS = 0.05
 HOUSEKEEPING_SECONDS = 5.0
 # a job whose runs keep being interrupted (it crashes the worker, say) fails instead of looping forever
 MAX_ATTEMPTS = 5
-# job windows kept in flight while synchronous requests are held: progress, but never a crowd ahead of them
-WINDOWS_IN_FLIGHT_UNDER_LOAD = 1
+# job windows submitted while synchronous requests are held: none, so a request shares no pass with a job
+# window and waits at most for the one already in the worker (README, "Latency of short requests beside a long job")
+WINDOWS_IN_FLIGHT_UNDER_LOAD = 0
 
 
 class JobFailed(Exception):
@@ -227,10 +228,13 @@ class JobRunner:
         finally:
             files.remove()
 
-    def windows_allowed_in_flight(self) -> int:
-        """Synchronous requests first: while any is held here, the job keeps just one window in the queue."""
-        if self.admission.held > 0:
+    def windows_allowed_in_flight(self, seconds_since_last_window: float) -> int:
+        """Synchronous requests first: while any is held here, the job submits no new window, unless it has
+        waited jobs_longest_yield_seconds (then one: under sustained load a job slows down, never starves)."""
+        if self.admission.held > 0 and seconds_since_last_window < self.settings.jobs_longest_yield_seconds:
             return WINDOWS_IN_FLIGHT_UNDER_LOAD
+        if self.admission.held > 0:
+            return 1
         return self.settings.jobs_windows_in_flight
 
     async def finish(
@@ -296,17 +300,22 @@ class WindowRun:
     async def remaining(self, options: TranscriptionOptions) -> None:
         """Every window not yet done, as many in flight at once as synchronous load allows."""
         in_flight: set[asyncio.Task[None]] = set()
+        last_window = time.monotonic()
         try:
             for index in range(len(self.windows)):
                 if index in self.done:
                     continue
-                while len(in_flight) >= self.runner.windows_allowed_in_flight():
+                while len(in_flight) >= self.runner.windows_allowed_in_flight(time.monotonic() - last_window):
+                    if not in_flight:
+                        await asyncio.sleep(PRIORITY_POLL_SECONDS)
+                        continue
                     finished, in_flight = await asyncio.wait(
                         in_flight, timeout=PRIORITY_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
                     )
                     for task in finished:
                         task.result()
                 self.may_submit()
+                last_window = time.monotonic()
                 in_flight.add(asyncio.create_task(self.window(index, options)))
             for finishing in asyncio.as_completed(in_flight):
                 await finishing
