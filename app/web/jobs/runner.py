@@ -3,9 +3,9 @@
 A job's windows are stretches of the file of at most WHISPER_JOBS_WINDOW_SECONDS, cut at the quietest point.
 Each is a request of its own in the worker's queue, which the worker transcribes exactly as it would an upload
 to /transcribe (its VAD cuts it into speech windows, with seek-back), so a job differs from /transcribe only at
-those few cuts; a long file's windows join passes with everyone else's, and fewer of them are kept in flight
-while synchronous requests are held, so those keep their latency. Every finished window is saved with the
-lease renewed, so a job picked up again resumes there.
+those few cuts; a long file's windows join passes with everyone else's, and none is submitted while a
+synchronous request is held (one after WHISPER_JOBS_LONGEST_YIELD_SECONDS), so those keep their latency.
+Every finished window is saved with the lease renewed, so a job picked up again resumes there.
 """
 
 from __future__ import annotations
