@@ -107,7 +107,7 @@ Work = TranscriptionOptions | LanguageDetection
 
 
 @dataclass(frozen=True)
-class QueuedJob:
+class QueuedRequest:
     """What the HTTP process puts on the worker queue: a waveform file on the tmpfs and the work asked of it."""
 
     waveform_path: str

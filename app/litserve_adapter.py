@@ -25,7 +25,7 @@ from litserve.specs.base import LitSpec
 from litserve.transport.base import MessageTransport
 from litserve.utils import LitAPIStatus, LoopResponseType, ResponseBufferItem
 
-from app.contract import ItemError, QueuedJob, Reason, Reported
+from app.contract import ItemError, QueuedRequest, Reason, Reported
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,9 @@ QUEUE_TIMEOUT_STATUS = 504
 
 
 class WorkerClient:
-    """Submits a job to the model workers and awaits its own answer; the HTTP side's only door to them.
+    """Submits a request to the model workers and awaits its own answer; the HTTP side's only door to them.
 
-    >>> outcome = await spec.worker_client.run(job, arrived_at, keep_waiting=admission.check_waiting)
+    >>> outcome = await spec.worker_client.run(request, arrived_at, keep_waiting=admission.check_waiting)
     """
 
     def __init__(self, spec: LitSpec, request_timeout: float) -> None:
@@ -48,8 +48,10 @@ class WorkerClient:
         self.spec = spec
         self.request_timeout = request_timeout
 
-    async def run(self, job: QueuedJob, arrived_at: float, keep_waiting: Callable[[], None]) -> Reported | ItemError:
-        """Queue `job`, stamped with its request's arrival so a worker drops it once out of time, and wait.
+    async def run(
+        self, request: QueuedRequest, arrived_at: float, keep_waiting: Callable[[], None]
+    ) -> Reported | ItemError:
+        """Queue `request`, stamped with its request's arrival so a worker drops it once out of time, and wait.
 
         `keep_waiting` is called while waiting and raises to give up (a worker died, a drain ran out).
         """
@@ -58,7 +60,7 @@ class WorkerClient:
         event = asyncio.Event()
         spec.response_buffer[uid] = ResponseBufferItem(event=event)
         # the layout LitServe's loops unpack: (response_queue_id, uid, timestamp, payload)
-        spec.request_queue.put((spec.response_queue_id, uid, arrived_at, job))
+        spec.request_queue.put((spec.response_queue_id, uid, arrived_at, request))
         try:
             while not event.is_set():
                 keep_waiting()
@@ -88,7 +90,7 @@ class SteppedAPI(Protocol):
     @property
     def busy(self) -> bool: ...
 
-    def decode_request(self, request: QueuedJob) -> Any: ...
+    def decode_request(self, request: QueuedRequest) -> Any: ...
 
     def submit(self, uid: str, job: Any) -> None: ...
 

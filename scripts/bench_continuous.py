@@ -27,7 +27,7 @@ from whisper.decoding import DecodingOptions
 from app.config import load_settings
 from app.worker import precision, synthetic
 from app.worker.cuda_decoding import greedy_plan
-from app.worker.engine import AudioJob, Transcriber, TranscriptionOptions
+from app.worker.engine import AudioItem, Transcriber, TranscriptionOptions
 from app.worker.loading import load_model
 from app.worker.scheduler import ContinuousScheduler
 from app.worker.slot_decoding import SlotDecoder, slots_that_fit
@@ -96,7 +96,7 @@ def whisper_decode(model, features, options):
     return whisper.decode(model, features, options)
 
 
-def static_run(transcriber: Transcriber, jobs: list[AudioJob], per_pass: int) -> tuple[float, list, int]:
+def static_run(transcriber: Transcriber, jobs: list[AudioItem], per_pass: int) -> tuple[float, list, int]:
     """Seconds for every job in passes of `per_pass`, the outcomes, and the windows decoded (follow-ups too)."""
     torch.cuda.synchronize()
     started = time.perf_counter()
@@ -110,7 +110,7 @@ def static_run(transcriber: Transcriber, jobs: list[AudioJob], per_pass: int) ->
     return time.perf_counter() - started, outcomes, windows
 
 
-def continuous_run(scheduler: ContinuousScheduler, jobs: list[AudioJob]) -> tuple[float, int, list[float], list]:
+def continuous_run(scheduler: ContinuousScheduler, jobs: list[AudioItem]) -> tuple[float, int, list[float], list]:
     """All jobs submitted at once; seconds to the last answer, steps, each job's time to its answer, outcomes."""
     torch.cuda.synchronize()
     started = time.perf_counter()
@@ -153,7 +153,7 @@ def same_transcripts(static: list, continuous: list) -> dict[str, int]:
     return counts
 
 
-def profile_steps(scheduler: ContinuousScheduler, jobs: list[AudioJob], table: Path) -> dict:
+def profile_steps(scheduler: ContinuousScheduler, jobs: list[AudioItem], table: Path) -> dict:
     """Kernel time over 30 steps with the slots full: what bounds a step."""
     for index, job in enumerate(jobs):
         scheduler.submit(("profile", index), job)
@@ -197,7 +197,7 @@ def main() -> None:
     waveforms = [decode_clip(args.clips / clip.file) for clip in clips]
     rng = np.random.default_rng(0)
     jobs = [
-        AudioJob(waveforms[i], TranscriptionOptions(language="en"))
+        AudioItem(waveforms[i], TranscriptionOptions(language="en"))
         for i in rng.permutation(len(clips) * args.repeat) % len(clips)
     ]
     audio_seconds = sum(len(job.waveform) for job in jobs) / SAMPLE_RATE
@@ -235,7 +235,7 @@ def main() -> None:
     # the static engine against itself with passes half as large: how much batch composition alone moves
     _, half_pass_outcomes, _ = static_run(static, jobs, args.requests_per_pass // 2)
     report["static"]["same_transcripts_with_half_passes"] = same_transcripts(static_outcomes, half_pass_outcomes)
-    lone_job = AudioJob(decode_clip(args.clips / lone.file), TranscriptionOptions(language="en"))
+    lone_job = AudioItem(decode_clip(args.clips / lone.file), TranscriptionOptions(language="en"))
     static.run_batch([lone_job])
     started = time.perf_counter()
     for _ in range(5):

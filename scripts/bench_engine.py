@@ -24,7 +24,7 @@ from whisper.decoding import DecodingOptions, DecodingResult
 
 from app.config import load_settings
 from app.worker import cuda_decoding, precision, synthetic
-from app.worker.engine import AudioJob, Transcriber, log_mel_batch
+from app.worker.engine import AudioItem, Transcriber, log_mel_batch
 from app.worker.loading import load_model
 from scripts.bench_clips import load_clips
 
@@ -47,10 +47,10 @@ def clip_audio(directory: Path) -> np.ndarray:
     return np.concatenate(pieces)
 
 
-def windows(audio: np.ndarray, count: int) -> list[AudioJob]:
+def windows(audio: np.ndarray, count: int) -> list[AudioItem]:
     """`count` jobs of exactly one full window each, taken round the joined audio."""
     starts = [(i * N_SAMPLES) % (len(audio) - N_SAMPLES) for i in range(count)]
-    return [AudioJob(audio[s : s + N_SAMPLES].copy()) for s in starts]
+    return [AudioItem(audio[s : s + N_SAMPLES].copy()) for s in starts]
 
 
 def timed(run: Callable[[], object]) -> float:
@@ -61,7 +61,7 @@ def timed(run: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def measure(engine: Transcriber, jobs: list[AudioJob], repeats: int) -> dict:
+def measure(engine: Transcriber, jobs: list[AudioItem], repeats: int) -> dict:
     """Median wall time of transcribe_batch over `repeats` runs after one warm-up, split by stage."""
     engine.transcribe_batch(jobs)  # warm-up: graph capture and allocator growth stay out of the figures
     totals = [timed(lambda: engine.transcribe_batch(jobs)) for _ in range(repeats)]
@@ -84,7 +84,7 @@ def greedy_options(model: torch.nn.Module) -> DecodingOptions:
 
 
 @torch.inference_mode()
-def reference_decode(model: torch.nn.Module, jobs: list[AudioJob]) -> tuple[torch.Tensor, list[DecodingResult]]:
+def reference_decode(model: torch.nn.Module, jobs: list[AudioItem]) -> tuple[torch.Tensor, list[DecodingResult]]:
     """Encoder features of `jobs` and whisper.decode's results on them.
 
     Run before the engine is built: its decoder then takes most of the GPU's free memory, and
@@ -113,7 +113,7 @@ def optimised(model_spec: str, audio: np.ndarray, batches: list[int], repeats: i
     references = [reference_decode(model, windows(audio, n)) for n in (64, 50)]
     torch.cuda.empty_cache()
     engine = Transcriber(model, max(batches))
-    lone = [AudioJob(audio[: int(LONE_SECONDS * SAMPLE_RATE)].copy())]
+    lone = [AudioItem(audio[: int(LONE_SECONDS * SAMPLE_RATE)].copy())]
     engine.transcribe_batch(lone)
     lone_seconds = statistics.median(timed(lambda: engine.transcribe_batch(lone)) for _ in range(5))
     return {
@@ -140,7 +140,7 @@ def reference(model_spec: str, audio: np.ndarray, cast_once: bool) -> list[dict]
     return [measure(engine, windows(audio, b), 1) for b in REFERENCE_BATCHES]
 
 
-def profile(engine: Transcriber, jobs: list[AudioJob], table: Path) -> dict:
+def profile(engine: Transcriber, jobs: list[AudioItem], table: Path) -> dict:
     """Kernel time of one transcribe_batch by operator: what bounds a pass of this size."""
     engine.transcribe_batch(jobs)
     with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:

@@ -18,7 +18,7 @@ from fastapi import Request, Response
 
 from app import metrics
 from app.config import Settings
-from app.contract import ItemError, LanguageGuess, QueuedJob, Reason, Transcript, TranscriptionOptions
+from app.contract import ItemError, LanguageGuess, QueuedRequest, Reason, Transcript, TranscriptionOptions
 from app.litserve_adapter import RoutesSpec, WorkerClient
 from app.web import native_api, openai_api
 from app.web.admission import Admission
@@ -61,11 +61,11 @@ ROUTES = (
 
 
 @dataclass(frozen=True)
-class PreparedJob:
+class PreparedUpload:
     """A request ready for the model worker: its decoded waveform on the tmpfs, and what it asked for."""
 
     form: UploadForm
-    job: QueuedJob
+    job: QueuedRequest
 
 
 def render(form: UploadForm, outcome: Transcript | LanguageGuess) -> Response:
@@ -130,13 +130,13 @@ class TranscriptionRoutes(RoutesSpec):
         record.upload_bytes = upload.file_size
         return route.form.from_upload(upload, self.served_models)
 
-    async def prepare(self, form: UploadForm, files: RequestFiles, record: RequestRecord) -> PreparedJob:
+    async def prepare(self, form: UploadForm, files: RequestFiles, record: RequestRecord) -> PreparedUpload:
         """Decode the received upload's audio; raises RequestError for the client's faults."""
         await self.decode(files, record)
-        return PreparedJob(form, QueuedJob(str(files.waveform), form.work, time.monotonic()))
+        return PreparedUpload(form, QueuedRequest(str(files.waveform), form.work, time.monotonic()))
 
     async def await_outcome(
-        self, prepared: PreparedJob, arrived_at: float, record: RequestRecord
+        self, prepared: PreparedUpload, arrived_at: float, record: RequestRecord
     ) -> Response | ItemError:
         """Submit the job to the model workers, wait for its own answer and render it."""
         answer = await self.worker_client.run(

@@ -58,7 +58,7 @@ FOLLOW_UP_LEAD_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
-class AudioJob:
+class AudioItem:
     """One request's waveform (16 kHz mono float32) and its options."""
 
     waveform: np.ndarray
@@ -74,10 +74,10 @@ class PassResult:
 
 
 # cuts every job's waveform into windows of at most 30 s (a job's position goes into its windows' request_index)
-WindowSplitter = Callable[[Sequence[AudioJob]], list[Window]]
+WindowSplitter = Callable[[Sequence[AudioItem]], list[Window]]
 
 
-def fixed_windows(jobs: Sequence[AudioJob]) -> list[Window]:
+def fixed_windows(jobs: Sequence[AudioItem]) -> list[Window]:
     """Consecutive windows of at most 30 s over each whole waveform, cut at quiet points."""
     return [window for index, job in enumerate(jobs) for window in split_waveform(job.waveform, index)]
 
@@ -122,7 +122,7 @@ class DecodedWindow:
     features: torch.Tensor | None = None
 
 
-def transcription_options(job: AudioJob) -> TranscriptionOptions:
+def transcription_options(job: AudioItem) -> TranscriptionOptions:
     if not isinstance(job.options, TranscriptionOptions):
         raise TypeError(f"a transcription pass got {type(job.options).__name__}")
     return job.options
@@ -164,7 +164,7 @@ class Transcriber:
     """Batched Whisper inference over many requests' waveforms at once.
 
     >>> transcriber = Transcriber(whisper.load_model("tiny.en"))
-    >>> [transcript] = transcriber.transcribe_batch([AudioJob(waveform)])
+    >>> [transcript] = transcriber.transcribe_batch([AudioItem(waveform)])
     >>> transcript.text
     'Hello world.'
     """
@@ -284,11 +284,11 @@ class Transcriber:
                 break
         return results
 
-    def transcribe_batch(self, jobs: Sequence[AudioJob]) -> list[Transcript]:
+    def transcribe_batch(self, jobs: Sequence[AudioItem]) -> list[Transcript]:
         """Transcribe every job with one encoder pass over all their windows and batched decodes."""
         return self._transcribe(jobs)[0]
 
-    def _transcribe(self, jobs: Sequence[AudioJob]) -> tuple[list[Transcript], int]:
+    def _transcribe(self, jobs: Sequence[AudioItem]) -> tuple[list[Transcript], int]:
         """The transcripts of `jobs`, and how many windows they took (follow-ups included).
 
         One encoder pass over all first windows and batched decodes; then rounds: a window whose decode
@@ -334,7 +334,7 @@ class Transcriber:
         """The synthetic model's realistic decode length for `window`; None for a real model."""
         return synthetic.window_tokens(self.model, window.end - window.start)
 
-    def transcript(self, job: AudioJob, language: str, decoded: Sequence[DecodedWindow]) -> Transcript:
+    def transcript(self, job: AudioItem, language: str, decoded: Sequence[DecodedWindow]) -> Transcript:
         """A job's transcript from its decoded windows, given in the engine's order: rounds, then windows.
 
         Word alignment carries the end of the last word from one window to the next, so the order matters
@@ -397,7 +397,7 @@ class Transcriber:
             return ItemError(Reason.BAD_OPTION, message, "language")
         return None
 
-    def run_batch(self, jobs: Sequence[AudioJob]) -> PassResult:
+    def run_batch(self, jobs: Sequence[AudioItem]) -> PassResult:
         """Answer a mixed batch: transcriptions and language detections, each kind in one pass."""
         outcomes: list[Outcome | None] = [None] * len(jobs)
         for i, job in enumerate(jobs):
@@ -421,7 +421,7 @@ class Transcriber:
             PassStatistics(windows + len(detect), audio_seconds),
         )
 
-    def run_isolated(self, jobs: Sequence[AudioJob]) -> PassResult:
+    def run_isolated(self, jobs: Sequence[AudioItem]) -> PassResult:
         """Like run_batch, but a failure costs only the job that causes it.
 
         A failed batch is halved and retried, so a job that breaks the model (or a batch too large

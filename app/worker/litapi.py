@@ -21,14 +21,14 @@ from app.contract import (
     ItemError,
     Outcome,
     PassStatistics,
-    QueuedJob,
+    QueuedRequest,
     Reason,
     Reported,
     Transcript,
     WorkerTiming,
     read_waveform,
 )
-from app.worker.engine import AudioJob, Transcriber
+from app.worker.engine import AudioItem, Transcriber
 from app.worker.loading import load_model, model_display_name
 from app.worker.scheduler import ContinuousScheduler
 from app.worker.slot_decoding import slots_that_fit
@@ -91,7 +91,7 @@ class WhisperLitAPI(ls.LitAPI):
         # workers on one GPU start together and each would see the whole card free
         gpu_share = 1.0 / settings.workers_per_device
         self.scheduler: ContinuousScheduler | None = None
-        self.aside: list[tuple[Hashable, AudioJob]] = []
+        self.aside: list[tuple[Hashable, AudioItem]] = []
         self.steps = 0
         splitter = VadSplitter(model.device, enabled=settings.vad)
         name = model_display_name(self.model_spec)
@@ -117,7 +117,7 @@ class WhisperLitAPI(ls.LitAPI):
         """Whether any request is in the worker: in the slots, waiting for one, or aside."""
         return bool(self.aside) or (self.scheduler is not None and self.scheduler.busy)
 
-    def submit(self, uid: Hashable, job: AudioJob) -> None:
+    def submit(self, uid: Hashable, job: AudioItem) -> None:
         """A request joins the running decode at the next step (or goes aside, for the static way)."""
         if self.scheduler is not None and self.scheduler.takes(job):
             self.scheduler.submit(uid, job)
@@ -155,24 +155,24 @@ class WhisperLitAPI(ls.LitAPI):
             for uid, outcome, began in answers
         ]
 
-    def decode_request(self, request: QueuedJob) -> AudioJob | ItemError:
+    def decode_request(self, request: QueuedRequest) -> AudioItem | ItemError:
         metrics.QUEUE_WAIT.labels(self.worker_label).observe(time.monotonic() - request.submitted_at)
         try:
-            return AudioJob(read_waveform(Path(request.waveform_path)), request.work)
+            return AudioItem(read_waveform(Path(request.waveform_path)), request.work)
         except OSError as error:
             return ItemError(
                 Reason.INFERENCE_FAILED,
                 f"the decoded audio vanished before inference: {error.strerror}",
             )
 
-    def batch(self, items: list[AudioJob | ItemError]) -> list[AudioJob | ItemError]:
+    def batch(self, items: list[AudioItem | ItemError]) -> list[AudioItem | ItemError]:
         return items
 
-    def predict(self, items: list[AudioJob | ItemError]) -> list[Reported | ItemError]:
+    def predict(self, items: list[AudioItem | ItemError]) -> list[Reported | ItemError]:
         if not isinstance(items, list):
             # with max_batch_size 1 LitServe runs its unbatched loop, which passes one item alone
             return self.predict([items])[0]
-        jobs = [item for item in items if isinstance(item, AudioJob)]
+        jobs = [item for item in items if isinstance(item, AudioItem)]
         if not jobs:
             return items  # type: ignore[return-value]
         started = time.monotonic()
@@ -180,7 +180,7 @@ class WhisperLitAPI(ls.LitAPI):
         timing = WorkerTiming(started, time.monotonic() - started, len(jobs))
         self.record(timing, result.statistics)
         outcomes = iter(result.outcomes)
-        return [Reported(next(outcomes), timing) if isinstance(item, AudioJob) else item for item in items]
+        return [Reported(next(outcomes), timing) if isinstance(item, AudioItem) else item for item in items]
 
     def record(self, timing: WorkerTiming, statistics: PassStatistics, memory: bool = True) -> None:
         label = self.worker_label

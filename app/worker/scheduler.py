@@ -26,7 +26,7 @@ from app.contract import ItemError, Outcome, Reason, TranscriptionOptions
 from app.worker import cuda_decoding
 from app.worker.cuda_decoding import GreedyPlan, greedy_plan
 from app.worker.engine import (
-    AudioJob,
+    AudioItem,
     DecodedWindow,
     Transcriber,
     needs_fallback,
@@ -58,7 +58,7 @@ class _Request:
     """One request in the scheduler: its decoded windows collect as their slots finish."""
 
     key: Hashable
-    job: AudioJob
+    job: AudioItem
     submitted_at: float
     language: str | None = None
     decoded: list[tuple[tuple[int, int], DecodedWindow]] = field(default_factory=list)
@@ -103,7 +103,7 @@ class ContinuousScheduler:
     """Greedy transcription with windows joining and leaving the running decode at every step.
 
     >>> scheduler = ContinuousScheduler(transcriber, slots=256)
-    >>> scheduler.submit("a", AudioJob(waveform))
+    >>> scheduler.submit("a", AudioItem(waveform))
     >>> while scheduler.busy: answers = scheduler.step()
     """
 
@@ -125,7 +125,7 @@ class ContinuousScheduler:
             log.info("captured %d step graphs in %.1f s", graphs, time.monotonic() - started)
 
     @staticmethod
-    def takes(job: AudioJob) -> bool:
+    def takes(job: AudioItem) -> bool:
         """Whether `job` decodes here: greedy transcription (with its fallback ladder); the rest does not."""
         return isinstance(job.options, TranscriptionOptions) and not job.options.temperature
 
@@ -137,7 +137,7 @@ class ContinuousScheduler:
     def occupied(self) -> int:
         return self.decoder.occupied
 
-    def submit(self, key: Hashable, job: AudioJob) -> None:
+    def submit(self, key: Hashable, job: AudioItem) -> None:
         """`job` joins at the next step (split into windows there, together with every other new request)."""
         self.arrived.append(_Request(key, job, time.monotonic()))
 

@@ -17,7 +17,7 @@ from torch.nn import functional
 from whisper.audio import N_SAMPLES, SAMPLE_RATE
 
 from app.contract import TranscriptionOptions, VadParameters
-from app.worker.engine import AudioJob
+from app.worker.engine import AudioItem
 from app.worker.windows import Window, split_waveform
 
 # Silero's 16 kHz network hears 512 new samples per step, with the 64 before them as context
@@ -193,7 +193,7 @@ class VadSplitter:
             return False
         return self.enabled if options.vad is None else options.vad
 
-    def __call__(self, jobs: Sequence[AudioJob]) -> list[Window]:
+    def __call__(self, jobs: Sequence[AudioItem]) -> list[Window]:
         listening = [index for index, job in enumerate(jobs) if self.listens(job.options)]
         heard = self.detector.probabilities([jobs[index].waveform for index in listening])
         probabilities = dict(zip(listening, heard, strict=True))

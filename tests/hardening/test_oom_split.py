@@ -11,7 +11,7 @@ from whisper.audio import SAMPLE_RATE
 from whisper.model import Whisper
 
 from app.contract import ItemError, PassStatistics, Reason, Transcript
-from app.worker.engine import AudioJob, PassResult, Transcriber
+from app.worker.engine import AudioItem, PassResult, Transcriber
 
 # the simulated GPU holds this many seconds of audio in one pass
 GPU_SECONDS = 60
@@ -24,7 +24,7 @@ class SimulatedGpu:
         self.passes: list[int] = []
         self.cache_emptied = 0
 
-    def run_batch(self, jobs: Sequence[AudioJob]) -> PassResult:
+    def run_batch(self, jobs: Sequence[AudioItem]) -> PassResult:
         seconds = sum(len(job.waveform) for job in jobs) / SAMPLE_RATE
         if seconds > GPU_SECONDS:
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: {seconds:g} s of audio in one pass")
@@ -44,8 +44,8 @@ def gpu(monkeypatch: pytest.MonkeyPatch) -> SimulatedGpu:
     return simulated
 
 
-def jobs_of(*seconds: int) -> list[AudioJob]:
-    return [AudioJob(np.zeros(s * SAMPLE_RATE, dtype=np.float32)) for s in seconds]
+def jobs_of(*seconds: int) -> list[AudioItem]:
+    return [AudioItem(np.zeros(s * SAMPLE_RATE, dtype=np.float32)) for s in seconds]
 
 
 def test_a_batch_too_large_for_the_gpu_is_split_until_every_job_fits(tiny_en_model: Whisper, gpu: SimulatedGpu) -> None:

@@ -15,7 +15,7 @@ import whisper
 from whisper.model import Whisper
 
 from app.contract import Transcript, TranscriptionOptions
-from app.worker.engine import AudioJob, Transcriber, fixed_windows
+from app.worker.engine import AudioItem, Transcriber, fixed_windows
 from app.worker.scheduler import ContinuousScheduler
 from app.worker.vad import VadSplitter
 from scripts.accuracy import DEFAULT_CACHE
@@ -46,13 +46,13 @@ def same_up_to_rounding(ours: object, theirs: object) -> bool:
 
 
 @pytest.fixture(scope="module")
-def speech() -> list[AudioJob]:
+def speech() -> list[AudioItem]:
     clips = {clip.name: clip for clip in build_corpus(DEFAULT_CACHE)}
     options = TranscriptionOptions(language="en")
-    return [AudioJob(whisper.load_audio(str(clips[name].path)), options) for name in CLIPS]
+    return [AudioItem(whisper.load_audio(str(clips[name].path)), options) for name in CLIPS]
 
 
-def continuous(transcriber: Transcriber, jobs: Sequence[AudioJob], slots: int) -> list[Transcript]:
+def continuous(transcriber: Transcriber, jobs: Sequence[AudioItem], slots: int) -> list[Transcript]:
     scheduler = ContinuousScheduler(transcriber, slots)
     for key, job in enumerate(jobs):
         scheduler.submit(key, job)
@@ -68,7 +68,7 @@ def continuous(transcriber: Transcriber, jobs: Sequence[AudioJob], slots: int) -
 
 @pytest.mark.parametrize("vad", [True, False], ids=["vad", "no-vad"])
 def test_continuous_transcripts_are_the_static_engines(
-    tiny_en_model: Whisper, speech: list[AudioJob], vad: bool
+    tiny_en_model: Whisper, speech: list[AudioItem], vad: bool
 ) -> None:
     splitter = VadSplitter(tiny_en_model.device, enabled=vad)
     transcriber = Transcriber(tiny_en_model, max_windows_per_pass=8, splitter=splitter)
@@ -80,11 +80,11 @@ def test_continuous_transcripts_are_the_static_engines(
         assert same_up_to_rounding(ours, theirs), (name, ours, theirs)
 
 
-def test_word_timestamps_stitch_in_the_engines_order(tiny_en_model: Whisper, speech: list[AudioJob]) -> None:
+def test_word_timestamps_stitch_in_the_engines_order(tiny_en_model: Whisper, speech: list[AudioItem]) -> None:
     """Word alignment carries the last word's end from window to window: the scheduler stitches in the
     engine's order, whatever order its windows ended in."""
     transcriber = Transcriber(tiny_en_model, max_windows_per_pass=8, splitter=fixed_windows)
-    jobs = [AudioJob(job.waveform, TranscriptionOptions(language="en", word_timestamps=True)) for job in speech[:2]]
+    jobs = [AudioItem(job.waveform, TranscriptionOptions(language="en", word_timestamps=True)) for job in speech[:2]]
     [ours_long, ours_short] = continuous(transcriber, jobs, slots=2)
     [static_long, static_short] = transcriber.run_batch(jobs).outcomes
     assert same_up_to_rounding(ours_long, static_long) and same_up_to_rounding(ours_short, static_short)

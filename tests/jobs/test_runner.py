@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.contract import ItemError, QueuedJob, Reason, Reported, Segment, Transcript, WorkerTiming, read_waveform
+from app.contract import ItemError, QueuedRequest, Reason, Reported, Segment, Transcript, WorkerTiming, read_waveform
 from app.web.admission import Admission, Phase
 from app.web.jobs.files import JobAudio
 from app.web.jobs.model import JobRequest, JobStatus
@@ -38,14 +38,16 @@ class StandInWorker:
 
     def __init__(self, answer: Callable[[int], Transcript | ItemError] | None = None) -> None:
         self.answer = answer or (lambda call: window_transcript(f" window {call}."))
-        self.calls: list[QueuedJob] = []
+        self.calls: list[QueuedRequest] = []
         self.waiting = 0
         self.most_waiting = 0
 
-    async def run(self, job: QueuedJob, arrived_at: float, keep_waiting: Callable[[], None]) -> Reported | ItemError:
+    async def run(
+        self, request: QueuedRequest, arrived_at: float, keep_waiting: Callable[[], None]
+    ) -> Reported | ItemError:
         keep_waiting()
-        assert len(read_waveform(Path(job.waveform_path))) > 0
-        self.calls.append(job)
+        assert len(read_waveform(Path(request.waveform_path))) > 0
+        self.calls.append(request)
         call = len(self.calls)
         self.waiting += 1
         self.most_waiting = max(self.most_waiting, self.waiting)

@@ -17,7 +17,7 @@ from whisper.tokenizer import get_tokenizer
 
 from app.contract import ItemError, Reason, Transcript, TranscriptionOptions
 from app.web.errors import status_of
-from app.worker.engine import AudioJob, Transcriber, log_mel_batch, needs_fallback
+from app.worker.engine import AudioItem, Transcriber, log_mel_batch, needs_fallback
 from app.worker.segments import window_segments
 from app.worker.windows import Window
 
@@ -49,10 +49,10 @@ def test_log_mel_batch_matches_transcribes_mel_for_each_window(fox_wav: Path) ->
 
 def test_batched_results_equal_one_at_a_time(transcriber: Transcriber, five_second_clips: list[Path]) -> None:
     waveforms = [whisper.load_audio(str(p)) for p in five_second_clips[:4]]
-    batch = transcriber.run_batch([AudioJob(w) for w in waveforms])
+    batch = transcriber.run_batch([AudioItem(w) for w in waveforms])
     together = batch.outcomes
     assert batch.statistics.windows == 4
-    alone = [transcriber.transcribe_batch([AudioJob(w)])[0] for w in waveforms]
+    alone = [transcriber.transcribe_batch([AudioItem(w)])[0] for w in waveforms]
     # greedy decoding is deterministic; a window that fell back to sampling (temperature > 0) is not
     greedy = [i for i in range(4) if all(s.temperature == 0 for s in together[i].segments + alone[i].segments)]
     assert len(greedy) >= 3
@@ -65,7 +65,7 @@ def test_long_audio_stays_close_to_sequential_transcribe(
 ) -> None:
     audio = whisper.load_audio(str(minute_long_wav))
     assert len(audio) > 2 * N_SAMPLES
-    [ours] = transcriber.transcribe_batch([AudioJob(audio)])
+    [ours] = transcriber.transcribe_batch([AudioItem(audio)])
     reference = tiny_en_model.transcribe(audio, fp16=False, language="en")
     score = similarity(ours.text, reference["text"])
     print(f"word-sequence similarity to transcribe(): {score:.3f}")
@@ -80,7 +80,7 @@ def test_long_audio_stays_close_to_sequential_transcribe(
 
 def test_silence_is_treated_as_transcribe_treats_it(transcriber: Transcriber, tiny_en_model: Whisper) -> None:
     silence = np.zeros(5 * SAMPLE_RATE, dtype=np.float32)
-    [transcript] = transcriber.transcribe_batch([AudioJob(silence)])
+    [transcript] = transcriber.transcribe_batch([AudioItem(silence)])
     assert transcript.text == tiny_en_model.transcribe(silence, fp16=False, language="en")["text"].strip()
     assert transcript.language == "en"
     assert transcript.duration == 5.0
@@ -129,14 +129,14 @@ def test_a_failing_job_fails_alone(transcriber: Transcriber, five_second_clips: 
     poison = np.full(SAMPLE_RATE, 0.25, dtype=np.float32)
     real_batch = Transcriber._transcribe
 
-    def breaks_on_poison(self: Transcriber, jobs: list[AudioJob]) -> tuple[list[Transcript], int]:
+    def breaks_on_poison(self: Transcriber, jobs: list[AudioItem]) -> tuple[list[Transcript], int]:
         if any(job.waveform is poison for job in jobs):
             raise RuntimeError("simulated kernel failure")
         return real_batch(self, jobs)
 
     monkeypatch.setattr(Transcriber, "_transcribe", breaks_on_poison)
-    good = [AudioJob(whisper.load_audio(str(p))) for p in five_second_clips[:3]]
-    passed = transcriber.run_isolated([good[0], AudioJob(poison), good[1], good[2]])
+    good = [AudioItem(whisper.load_audio(str(p))) for p in five_second_clips[:3]]
+    passed = transcriber.run_isolated([good[0], AudioItem(poison), good[1], good[2]])
     results = passed.outcomes
     assert [type(r) for r in results] == [Transcript, ItemError, Transcript, Transcript]
     assert results[1].reason is Reason.INFERENCE_FAILED and status_of(results[1]) == 500
@@ -155,9 +155,9 @@ def test_a_prompt_spelling_special_tokens_is_encoded_as_text(transcriber: Transc
 def test_an_english_only_model_refuses_other_languages_and_translation(transcriber: Transcriber) -> None:
     speech = np.zeros(SAMPLE_RATE, dtype=np.float32)
     jobs = [
-        AudioJob(speech, TranscriptionOptions(language="de")),
-        AudioJob(speech, TranscriptionOptions(task="translate")),
-        AudioJob(speech, TranscriptionOptions(language="en")),
+        AudioItem(speech, TranscriptionOptions(language="de")),
+        AudioItem(speech, TranscriptionOptions(task="translate")),
+        AudioItem(speech, TranscriptionOptions(language="en")),
     ]
     german, translation, english = transcriber.run_batch(jobs).outcomes
     assert isinstance(german, ItemError) and german.reason is Reason.BAD_OPTION and german.param == "language"

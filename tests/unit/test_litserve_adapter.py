@@ -19,7 +19,7 @@ from litserve.loops import simple_loops
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
 
-from app.contract import ItemError, QueuedJob, Reason, Reported, Transcript, TranscriptionOptions, WorkerTiming
+from app.contract import ItemError, QueuedRequest, Reason, Reported, Transcript, TranscriptionOptions, WorkerTiming
 from app.litserve_adapter import LITSERVE_VERSION, QUEUE_TIMEOUT_STATUS, RoutesSpec, SupervisedLitServer, WorkerClient
 
 
@@ -75,7 +75,7 @@ def answer(spec: StandInSpec, response: object, status: str) -> None:
     item.event.set()
 
 
-JOB = QueuedJob("/tmp/x.f32", TranscriptionOptions(), 0.0)
+JOB = QueuedRequest("/tmp/x.f32", TranscriptionOptions(), 0.0)
 
 
 async def run_and_answer(response: object, status: str) -> Reported | ItemError:

@@ -18,7 +18,7 @@ from app.config import Settings
 from app.contract import (
     ItemError,
     LanguageGuess,
-    QueuedJob,
+    QueuedRequest,
     Reason,
     Reported,
     Segment,
@@ -40,7 +40,7 @@ TRANSCRIPT = Transcript(
     [Segment(0.0, 1.5, " Hello there.", (1, 2), 0.0, -0.2, 1.1, 0.01)],
 )
 
-Answer = Callable[[QueuedJob], Reported | ItemError]
+Answer = Callable[[QueuedRequest], Reported | ItemError]
 
 
 class StandInWorker:
@@ -48,13 +48,15 @@ class StandInWorker:
 
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
-        self.jobs: list[QueuedJob] = []
+        self.jobs: list[QueuedRequest] = []
 
-    async def run(self, job: QueuedJob, arrived_at: float, keep_waiting: Callable[[], None]) -> Reported | ItemError:
+    async def run(
+        self, request: QueuedRequest, arrived_at: float, keep_waiting: Callable[[], None]
+    ) -> Reported | ItemError:
         keep_waiting()
-        assert len(read_waveform(Path(job.waveform_path))) > 0, "a decoded waveform is queued, never the upload"
-        self.jobs.append(job)
-        return self.answer(job)
+        assert len(read_waveform(Path(request.waveform_path))) > 0, "a decoded waveform is queued, never the upload"
+        self.jobs.append(request)
+        return self.answer(request)
 
 
 def reported(outcome: Transcript | LanguageGuess | ItemError) -> Answer:
@@ -181,7 +183,7 @@ def test_a_draining_service_refuses_uploads_and_health(web: Callable[..., Web], 
 
 def test_a_request_past_its_timeout_gets_504_and_leaves_nothing(web: Callable[..., Web], fox_wav: Path) -> None:
     class Hanging(StandInWorker):
-        async def run(self, job: QueuedJob, arrived_at: float, keep_waiting: Callable[[], None]) -> Reported:
+        async def run(self, request: QueuedRequest, arrived_at: float, keep_waiting: Callable[[], None]) -> Reported:
             await asyncio.Event().wait()
             raise AssertionError("unreachable")
 

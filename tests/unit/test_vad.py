@@ -13,7 +13,7 @@ from whisper.audio import N_SAMPLES, SAMPLE_RATE
 
 from app.contract import TranscriptionOptions, VadParameters
 from app.worker import vad
-from app.worker.engine import AudioJob
+from app.worker.engine import AudioItem
 from app.worker.vad import CHUNK_SAMPLES, SpeechDetector, VadSplitter, pack_spans, speech_spans
 from app.worker.windows import Window
 
@@ -85,7 +85,7 @@ def test_silence_gives_no_window_and_speech_keeps_its_place(detector: SpeechDete
     splitter = VadSplitter("cpu")
     splitter.detector = detector
     off = TranscriptionOptions(vad=False)
-    windows = splitter([AudioJob(silence), AudioJob(late_speech), AudioJob(silence, off)])
+    windows = splitter([AudioItem(silence), AudioItem(late_speech), AudioItem(silence, off)])
     by_job = {i: [w for w in windows if w.request_index == i] for i in range(3)}
     assert by_job[0] == []
     [heard] = by_job[1]

@@ -24,7 +24,7 @@ from whisper.audio import SAMPLE_RATE
 
 from app import metrics
 from app.config import Settings
-from app.contract import WAVEFORM_DTYPE, ItemError, QueuedJob, Reason, Reported, Transcript, TranscriptionOptions
+from app.contract import WAVEFORM_DTYPE, ItemError, QueuedRequest, Reason, Reported, Transcript, TranscriptionOptions
 from app.web.admission import Admission, Phase
 from app.web.audio import decode_upload
 from app.web.errors import RequestError
@@ -50,7 +50,7 @@ class Span(Protocol):
 
 
 # WorkerClient.run: hands one window to the model worker and awaits its answer
-SubmitWindow = Callable[[QueuedJob, float, Callable[[], None]], Awaitable[Reported | ItemError]]
+SubmitWindow = Callable[[QueuedRequest, float, Callable[[], None]], Awaitable[Reported | ItemError]]
 # cuts a waveform into spans of at most the given samples at quiet points (the worker's split_waveform, given
 # by the wiring, as app/web does not import app/worker): (waveform, request_index, window_samples)
 WindowSplitter = Callable[[np.ndarray, int, int], Sequence[Span]]
@@ -335,7 +335,7 @@ class WindowRun:
             keep_waiting = self.runner.admission.refuse_unless_serving
             try:
                 answer = await self.runner.submit(
-                    QueuedJob(str(path), options, now), now, lambda: keep_waiting(waiting=True)
+                    QueuedRequest(str(path), options, now), now, lambda: keep_waiting(waiting=True)
                 )
             except RequestError as error:
                 raise Interrupted from error
