@@ -7,7 +7,8 @@
 # Everything slow (the base image, layers, the torch wheels) is cached under WHISPER_IMAGE_CACHE between runs.
 #
 # Environment: WHISPER_IMAGE_CACHE (default /var/cache/whisper-image), PYTHON (default: .venv, made by setup.sh),
-# DOCKER_HOST (an engine to use instead of starting one).
+# DOCKER_HOST (an engine to use instead of starting one), WHISPER_IMAGE_PHASE: `build` (the images only, into the
+# cache), `test` (the tests only, on images an earlier `build` left), or `all` (the default: both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,8 @@ service_image=whisper-service:cpu
 prometheus_image=whisper-test/prometheus:bookworm
 torch_version=$(sed -n 's/^ARG TORCH_VERSION=//p' Dockerfile)
 started=$SECONDS
+phase="${WHISPER_IMAGE_PHASE:-all}"
+case "$phase" in all | build | test) ;; *) echo "WHISPER_IMAGE_PHASE must be all, build or test" >&2; exit 2 ;; esac
 
 if [ -z "${PYTHON:-}" ]; then
   scripts/setup.sh test
@@ -146,8 +149,14 @@ serve_torch_index() {
 
 mkdir -p "$cache"
 start_engine
-make_base_image
-serve_torch_index
+if [ "$phase" = test ]; then
+  for image in "$service_image" "$prometheus_image"; do
+    docker image inspect "$image" >/dev/null 2>&1 || { log "no $image: run the build phase first"; exit 1; }
+  done
+else
+  make_base_image
+  serve_torch_index
+fi
 
 # the classic builder (BuildKit would fetch its Dockerfile frontend from a registry) builds every stage, the
 # CUDA runtime's base included: the stand-in stands for it, so nothing is pulled. The runtime is base-cpu.
@@ -160,14 +169,21 @@ build() {
     exit 1
   fi
 }
-build_started=$SECONDS
-build "$service_image" --build-arg FLAVOR=cpu --build-arg BASE_IMAGE="$base_image" \
-  --build-arg CUDA_BASE="$base_image" --build-arg TORCH_INDEX_URL="$torch_index_url" .
-build_seconds=$((SECONDS - build_started))
-build "$prometheus_image" --build-arg BASE_IMAGE="$base_image" - <tests/image/prometheus.Dockerfile
+build_seconds=0
+if [ "$phase" != test ]; then
+  build_started=$SECONDS
+  build "$service_image" --build-arg FLAVOR=cpu --build-arg BASE_IMAGE="$base_image" \
+    --build-arg CUDA_BASE="$base_image" --build-arg TORCH_INDEX_URL="$torch_index_url" .
+  build_seconds=$((SECONDS - build_started))
+  build "$prometheus_image" --build-arg BASE_IMAGE="$base_image" - <tests/image/prometheus.Dockerfile
+fi
 
 image_bytes=$(docker image inspect --format '{{.Size}}' "$service_image")
 log "$service_image built in ${build_seconds} s; size $((image_bytes / 1000000)) MB"
+if [ "$phase" = build ]; then
+  log "build phase took $((SECONDS - started)) s"
+  exit 0
+fi
 
 export WHISPER_TEST_IMAGE="$service_image" WHISPER_TEST_PROMETHEUS_IMAGE="$prometheus_image"
 export DOCKER_HOST="${DOCKER_HOST:-}"

@@ -21,11 +21,18 @@ SPEECH_TEXT = "hello world, this is a test"
 TIERS = ("unit", "integration", "hardening", "deploy")
 
 
+# tiers that start no server run first: CI builds the Docker image beside them (.ci/run), and these tiers have
+# no timing to upset, while the real-server tiers that follow have the machine to themselves
+FIRST_TIERS = ("unit", "deploy")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tier = item.path.relative_to(Path(__file__).parent).parts[0]
         if tier in TIERS:
             item.add_marker(tier)
+    # a stable sort: modules, and their module-scoped servers, stay together
+    items.sort(key=lambda item: item.path.relative_to(Path(__file__).parent).parts[0] not in FIRST_TIERS)
 
 
 @pytest.fixture(scope="session")
