@@ -9,10 +9,8 @@ from collections.abc import Callable
 
 from fastapi import Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from whisper.tokenizer import LANGUAGES
-from whisper.utils import format_timestamp
 
-from app.contract import Segment, Transcript
+from app.contract import LANGUAGES, Segment, Transcript
 
 # /transcribe's own default: {"transcription", "language", "duration", "segments"}
 TRANSCRIPTION_JSON = "transcription_json"
@@ -25,6 +23,16 @@ MEDIA_TYPES = {
     "vtt": "text/vtt",
     "tsv": "text/tab-separated-values",
 }
+
+
+def format_timestamp(seconds: float, always_include_hours: bool = False, decimal_marker: str = ".") -> str:
+    """`[HH:]MM:SS.mmm`, as openai-whisper's writers print a time (rounded to the millisecond)."""
+    milliseconds = round(seconds * 1000.0)
+    hours, milliseconds = divmod(milliseconds, 3_600_000)
+    minutes, milliseconds = divmod(milliseconds, 60_000)
+    whole_seconds, milliseconds = divmod(milliseconds, 1_000)
+    hours_marker = f"{hours:02d}:" if always_include_hours or hours > 0 else ""
+    return f"{hours_marker}{minutes:02d}:{whole_seconds:02d}{decimal_marker}{milliseconds:03d}"
 
 
 def _cue_text(segment: Segment) -> str:

@@ -21,9 +21,17 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
-from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
-from app.contract import TASKS, LanguageDetection, Reason, TranscriptionOptions, VadParameters, Work
+from app.contract import (
+    LANGUAGES,
+    TASKS,
+    TO_LANGUAGE_CODE,
+    LanguageDetection,
+    Reason,
+    TranscriptionOptions,
+    VadParameters,
+    Work,
+)
 from app.web.errors import RequestError
 from app.web.formats import RESPONSE_FORMATS, TRANSCRIPTION_JSON
 from app.web.uploads import Upload

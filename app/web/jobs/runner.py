@@ -20,11 +20,19 @@ from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
-from whisper.audio import SAMPLE_RATE
 
 from app import metrics
 from app.config import Settings
-from app.contract import WAVEFORM_DTYPE, ItemError, QueuedRequest, Reason, Reported, Transcript, TranscriptionOptions
+from app.contract import (
+    SAMPLE_RATE,
+    WAVEFORM_DTYPE,
+    ItemError,
+    QueuedRequest,
+    Reason,
+    Reported,
+    Transcript,
+    TranscriptionOptions,
+)
 from app.web.admission import Admission, Phase
 from app.web.audio import decode_upload
 from app.web.errors import RequestError
