@@ -219,6 +219,20 @@ class TranscriptionOptions:
         return (self.temperature,) if self.temperature else TEMPERATURES
 
 
+def english_only_refusal(options: TranscriptionOptions, model_name: str) -> ItemError | None:
+    """What an English-only model cannot do (hear another language, translate), refused instead of guessed."""
+    if options.task == "translate":
+        message = f"model {model_name} is English-only: it cannot translate; serve a multilingual model"
+        return ItemError(Reason.BAD_OPTION, message, "model")
+    if options.language not in (None, "en"):
+        message = (
+            f"model {model_name} is English-only: language {options.language!r} is not supported; "
+            "send language=en or none"
+        )
+        return ItemError(Reason.BAD_OPTION, message, "language")
+    return None
+
+
 @dataclass(frozen=True)
 class LanguageDetection:
     """A request for the spoken language of the first 30 s, answered from the batch's encoder pass."""

@@ -123,17 +123,39 @@ def transcription_json(transcript: Transcript, include_words: bool) -> dict[str,
     }
 
 
+# a response's content: a JSON object, or the text of a text format
+Body = dict[str, object] | str
+# (transcript, task, include_words) -> the body of one response format
+BodyWriter = Callable[[Transcript, str, bool], Body]
+
+
+def text_body(write: Callable[[Transcript], str]) -> BodyWriter:
+    return lambda transcript, task, include_words: write(transcript)
+
+
+# one writer per response format; both protocols use them, and a job's status embeds the body
+BODY_WRITERS: dict[str, BodyWriter] = {
+    TRANSCRIPTION_JSON: lambda transcript, task, words: transcription_json(transcript, words),
+    "json": lambda transcript, task, words: {"text": transcript.text},
+    "verbose_json": verbose_json,
+    **{name: text_body(write) for name, write in TEXT_WRITERS.items()},
+}
+
+
+def response_of(response_format: str, body: Body) -> Response:
+    """A written body as the HTTP response of its format."""
+    if isinstance(body, str):
+        return PlainTextResponse(body, media_type=MEDIA_TYPES[response_format])
+    return JSONResponse(body)
+
+
 Writer = Callable[[Transcript, str, bool], Response]
 
 
-def text_writer(write: Callable[[Transcript], str], media_type: str) -> Writer:
-    return lambda transcript, task, include_words: PlainTextResponse(write(transcript), media_type=media_type)
+def writer(response_format: str) -> Writer:
+    write = BODY_WRITERS[response_format]
+    return lambda transcript, task, words: response_of(response_format, write(transcript, task, words))
 
 
-# one writer per response format: (transcript, task, include_words) -> response; both protocols use them
-WRITERS: dict[str, Writer] = {
-    TRANSCRIPTION_JSON: lambda transcript, task, words: JSONResponse(transcription_json(transcript, words)),
-    "json": lambda transcript, task, words: JSONResponse({"text": transcript.text}),
-    "verbose_json": lambda transcript, task, words: JSONResponse(verbose_json(transcript, task, words)),
-    **{name: text_writer(write, MEDIA_TYPES[name]) for name, write in TEXT_WRITERS.items()},
-}
+# (transcript, task, include_words) -> the response of one format
+WRITERS: dict[str, Writer] = {name: writer(name) for name in BODY_WRITERS}

@@ -95,6 +95,12 @@ def test_the_web_side_does_not_import_openai_whisper(path: Path) -> None:
 
 def test_importing_every_web_module_loads_no_openai_whisper() -> None:
     modules = [module_name(path) for path in WEB_MODULES]
-    program = f"import importlib, sys\nfor name in {modules!r}: importlib.import_module(name)\nprint('whisper' in sys.modules)"
+    program = "\n".join(
+        [
+            "import importlib, sys",
+            f"for name in {modules!r}: importlib.import_module(name)",
+            "print('whisper' in sys.modules)",
+        ]
+    )
     loaded = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=APP.parent)
     assert loaded.stdout.strip() == "False"
