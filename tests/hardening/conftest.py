@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.service import ServiceProcess, wait_until
+from harness.service import ServiceProcess, wait_until
 
 API_KEY = "hardening-test-key-5f1c9e"
 MAX_UPLOAD_MB = 4

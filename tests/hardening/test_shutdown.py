@@ -20,8 +20,8 @@ import yaml
 
 from app.config import Settings
 from app.lifecycle import SHUTDOWN_OVERHEAD_SECONDS
+from harness.service import ServiceProcess, wait_until
 from tests.hardening.conftest import MULTIPART, Part, multipart, read_answer, request_head
-from tests.service import ServiceProcess, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -104,3 +104,16 @@ def test_importing_every_web_module_loads_no_openai_whisper() -> None:
     )
     loaded = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=APP.parent)
     assert loaded.stdout.strip() == "False"
+
+
+REPOSITORY = APP.parent
+# tests and scripts share their helpers through harness/, and never import each other
+NEVER_IMPORTS = {"tests": {"scripts"}, "scripts": {"tests"}, "harness": {"tests", "scripts"}}
+TOOLING_MODULES = sorted(p for folder in NEVER_IMPORTS for p in (REPOSITORY / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", TOOLING_MODULES, ids=lambda p: str(p.relative_to(REPOSITORY)))
+def test_tests_and_scripts_share_helpers_through_harness_alone(path: Path) -> None:
+    folder = path.relative_to(REPOSITORY).parts[0]
+    crossed = top_level_imports(path) & NEVER_IMPORTS[folder]
+    assert not crossed, f"{path.relative_to(REPOSITORY)} imports {sorted(crossed)}: share it through harness/"

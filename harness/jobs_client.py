@@ -6,7 +6,7 @@ from pathlib import Path
 
 import requests
 
-from tests.service import ServiceProcess, wait_until
+from harness.service import ServiceProcess, wait_until
 
 API_KEY = "jobs-test-key-0b9e41"
 WEBHOOK_SECRET = "jobs-webhook-secret-7a3c"
