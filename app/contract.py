@@ -16,6 +16,128 @@ import numpy as np
 WAVEFORM_DTYPE = np.float32
 # openai-whisper transcribe()'s tasks
 TASKS = ("transcribe", "translate")
+# the audio every waveform file holds, and the mel hop: whisper.audio's values, so the web side needs no whisper import
+SAMPLE_RATE = 16000
+HOP_LENGTH = 160
+# the languages Whisper knows, code -> English name (whisper.tokenizer.LANGUAGES; a unit test keeps them equal)
+LANGUAGES: dict[str, str] = {
+    "en": "english",
+    "zh": "chinese",
+    "de": "german",
+    "es": "spanish",
+    "ru": "russian",
+    "ko": "korean",
+    "fr": "french",
+    "ja": "japanese",
+    "pt": "portuguese",
+    "tr": "turkish",
+    "pl": "polish",
+    "ca": "catalan",
+    "nl": "dutch",
+    "ar": "arabic",
+    "sv": "swedish",
+    "it": "italian",
+    "id": "indonesian",
+    "hi": "hindi",
+    "fi": "finnish",
+    "vi": "vietnamese",
+    "he": "hebrew",
+    "uk": "ukrainian",
+    "el": "greek",
+    "ms": "malay",
+    "cs": "czech",
+    "ro": "romanian",
+    "da": "danish",
+    "hu": "hungarian",
+    "ta": "tamil",
+    "no": "norwegian",
+    "th": "thai",
+    "ur": "urdu",
+    "hr": "croatian",
+    "bg": "bulgarian",
+    "lt": "lithuanian",
+    "la": "latin",
+    "mi": "maori",
+    "ml": "malayalam",
+    "cy": "welsh",
+    "sk": "slovak",
+    "te": "telugu",
+    "fa": "persian",
+    "lv": "latvian",
+    "bn": "bengali",
+    "sr": "serbian",
+    "az": "azerbaijani",
+    "sl": "slovenian",
+    "kn": "kannada",
+    "et": "estonian",
+    "mk": "macedonian",
+    "br": "breton",
+    "eu": "basque",
+    "is": "icelandic",
+    "hy": "armenian",
+    "ne": "nepali",
+    "mn": "mongolian",
+    "bs": "bosnian",
+    "kk": "kazakh",
+    "sq": "albanian",
+    "sw": "swahili",
+    "gl": "galician",
+    "mr": "marathi",
+    "pa": "punjabi",
+    "si": "sinhala",
+    "km": "khmer",
+    "sn": "shona",
+    "yo": "yoruba",
+    "so": "somali",
+    "af": "afrikaans",
+    "oc": "occitan",
+    "ka": "georgian",
+    "be": "belarusian",
+    "tg": "tajik",
+    "sd": "sindhi",
+    "gu": "gujarati",
+    "am": "amharic",
+    "yi": "yiddish",
+    "lo": "lao",
+    "uz": "uzbek",
+    "fo": "faroese",
+    "ht": "haitian creole",
+    "ps": "pashto",
+    "tk": "turkmen",
+    "nn": "nynorsk",
+    "mt": "maltese",
+    "sa": "sanskrit",
+    "lb": "luxembourgish",
+    "my": "myanmar",
+    "bo": "tibetan",
+    "tl": "tagalog",
+    "mg": "malagasy",
+    "as": "assamese",
+    "tt": "tatar",
+    "haw": "hawaiian",
+    "ln": "lingala",
+    "ha": "hausa",
+    "ba": "bashkir",
+    "jw": "javanese",
+    "su": "sundanese",
+    "yue": "cantonese",
+}
+# a language's English name, or another name it goes by, -> its code (whisper.tokenizer.TO_LANGUAGE_CODE)
+TO_LANGUAGE_CODE: dict[str, str] = {
+    **{name: code for code, name in LANGUAGES.items()},
+    "burmese": "my",
+    "valencian": "ca",
+    "flemish": "nl",
+    "haitian": "ht",
+    "letzeburgesch": "lb",
+    "pushto": "ps",
+    "panjabi": "pa",
+    "moldavian": "ro",
+    "moldovan": "ro",
+    "sinhalese": "si",
+    "castilian": "es",
+    "mandarin": "zh",
+}
 # transcribe()'s temperature ladder: a window that fails its quality checks is decoded again, hotter
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -95,6 +217,20 @@ class TranscriptionOptions:
     @property
     def temperatures(self) -> tuple[float, ...]:
         return (self.temperature,) if self.temperature else TEMPERATURES
+
+
+def english_only_refusal(options: TranscriptionOptions, model_name: str) -> ItemError | None:
+    """What an English-only model cannot do (hear another language, translate), refused instead of guessed."""
+    if options.task == "translate":
+        message = f"model {model_name} is English-only: it cannot translate; serve a multilingual model"
+        return ItemError(Reason.BAD_OPTION, message, "model")
+    if options.language not in (None, "en"):
+        message = (
+            f"model {model_name} is English-only: language {options.language!r} is not supported; "
+            "send language=en or none"
+        )
+        return ItemError(Reason.BAD_OPTION, message, "language")
+    return None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from app.litserve_adapter import ContinuousLoop, SupervisedLitServer
 from app.web import native_api, request_log
 from app.web.admission import HEALTH_PATH, Admission, HealthGate
 from app.web.connections import ConnectionLimits, HeaderLimits, connections_that_fit, guarded_protocol
+from app.web.forms import OPENAI_MODEL_NAME, ServedModel
 from app.web.jobs.api import JOBS_PATH, add_job_routes
 from app.web.jobs.model import JobForm
 from app.web.jobs.wiring import build_jobs
@@ -30,7 +31,7 @@ from app.web.schema import describe_uploads
 from app.web.security import ApiKeyMiddleware
 from app.web.uploads import claim_upload_dir
 from app.worker.litapi import WhisperLitAPI, continuous_batching, resolve_device
-from app.worker.loading import default_model_spec, model_display_name
+from app.worker.loading import default_model_spec, english_only, model_display_name
 from app.worker.windows import split_waveform
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ def build_server(settings: Settings) -> tuple[SupervisedLitServer, Supervisor]:
     # resolved once: the worker loads this spec, clients ask for it by this name, /info shows it
     model_spec = settings.model or default_model_spec(torch.cuda.is_available())
     model_name = model_display_name(model_spec)
-    spec = TranscriptionRoutes(settings, admission, model_name)
+    served = ServedModel((OPENAI_MODEL_NAME, model_name), english_only=english_only(model_spec))
+    spec = TranscriptionRoutes(settings, admission, served)
     api = WhisperLitAPI(
         settings,
         model_spec,
@@ -90,7 +92,7 @@ def build_server(settings: Settings) -> tuple[SupervisedLitServer, Supervisor]:
         return Response(body, media_type=content_type)
 
     server.app.add_api_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
-    jobs = build_jobs(settings, admission, spec.worker_client.run, split_waveform)
+    jobs = build_jobs(settings, spec.intake, spec.worker_client.run, split_waveform)
     add_job_routes(server.app, jobs)
     litserve_lifespan = server.app.router.lifespan_context
 

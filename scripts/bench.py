@@ -31,8 +31,8 @@ from pathlib import Path
 import requests
 
 from app.config import load_settings
+from harness.service import ServiceProcess, sample_labels, sample_name
 from scripts.bench_clips import Clip, load_clips, make_clips, tokens_per_second
-from tests.service import ServiceProcess, sample_labels, sample_name
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.jobs.client import job, jobs_env, submitted, wait_until_over, wait_until_windows_done
-from tests.service import ServiceProcess
-from tests.speech import SENTENCES, long_speech, looped, speak
+from harness.jobs_client import job, jobs_env, submitted, wait_until_over, wait_until_windows_done
+from harness.service import ServiceProcess
+from harness.speech import SENTENCES, long_speech, looped, speak
 
 # one waits for the model to load, and for an eleven-minute job on a busy 2-core machine
 STARTUP_SECONDS = 600.0

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
-.venv/bin/ruff check app scripts tests
-.venv/bin/ruff format --check app scripts tests
+.venv/bin/ruff check app harness scripts tests
+.venv/bin/ruff format --check app harness scripts tests
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -14,7 +14,7 @@ import whisper
 from whisper.model import ModelDimensions, Whisper
 
 from app.worker import ctranslate2_import
-from tests.speech import SENTENCES, convert, long_speech, speak
+from harness.speech import SENTENCES, convert, long_speech, speak
 
 SPEECH_TEXT = "hello world, this is a test"
 # every test carries the marker of its tier (its folder), so `pytest -m unit` runs the fast tier alone

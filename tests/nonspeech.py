@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from whisper.audio import SAMPLE_RATE
 
-from scripts.speech_corpus import write_wav
+from harness.speech_corpus import write_wav
 
 RNG_SEED = 14
 # DTMF: each key is the sum of one low and one high tone

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.service import free_port
+from harness.service import free_port
 
 SERVER_USER = "postgres"
 START_SECONDS = 60

@@ -32,7 +32,8 @@ class Phase(IntEnum):
     FAILED = 3
 
 
-REFUSALS = {
+# why the service is not taking uploads, in each phase but SERVING: the detail of its 503
+WHY_UNAVAILABLE = {
     Phase.DRAINING: "the server is shutting down; retry on another instance or after the restart",
     Phase.STOPPING: "the server is shutting down; retry on another instance or after the restart",
     Phase.FAILED: "a model worker stopped unexpectedly and the service is restarting; retry shortly",
@@ -79,7 +80,7 @@ class Admission:
         phase = self.phase
         if phase is Phase.SERVING or (waiting and phase is Phase.DRAINING):
             return
-        raise RequestError(Reason.UNAVAILABLE, REFUSALS[phase])
+        raise RequestError(Reason.UNAVAILABLE, WHY_UNAVAILABLE[phase])
 
     @contextmanager
     def arrive(self) -> Iterator[None]:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import ffmpeg
 import numpy as np
-from whisper.audio import SAMPLE_RATE
 
-from app.contract import WAVEFORM_DTYPE, Reason
+from app.contract import SAMPLE_RATE, WAVEFORM_DTYPE, Reason
 from app.web.errors import RequestError
 
 BYTES_PER_SAMPLE = np.dtype(WAVEFORM_DTYPE).itemsize

@@ -9,10 +9,8 @@ from collections.abc import Callable
 
 from fastapi import Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from whisper.tokenizer import LANGUAGES
-from whisper.utils import format_timestamp
 
-from app.contract import Segment, Transcript
+from app.contract import LANGUAGES, Segment, Transcript
 
 # /transcribe's own default: {"transcription", "language", "duration", "segments"}
 TRANSCRIPTION_JSON = "transcription_json"
@@ -25,6 +23,16 @@ MEDIA_TYPES = {
     "vtt": "text/vtt",
     "tsv": "text/tab-separated-values",
 }
+
+
+def format_timestamp(seconds: float, always_include_hours: bool = False, decimal_marker: str = ".") -> str:
+    """`[HH:]MM:SS.mmm`, as openai-whisper's writers print a time (rounded to the millisecond)."""
+    milliseconds = round(seconds * 1000.0)
+    hours, milliseconds = divmod(milliseconds, 3_600_000)
+    minutes, milliseconds = divmod(milliseconds, 60_000)
+    whole_seconds, milliseconds = divmod(milliseconds, 1_000)
+    hours_marker = f"{hours:02d}:" if always_include_hours or hours > 0 else ""
+    return f"{hours_marker}{minutes:02d}:{whole_seconds:02d}{decimal_marker}{milliseconds:03d}"
 
 
 def _cue_text(segment: Segment) -> str:
@@ -115,17 +123,39 @@ def transcription_json(transcript: Transcript, include_words: bool) -> dict[str,
     }
 
 
+# a response's content: a JSON object, or the text of a text format
+Body = dict[str, object] | str
+# (transcript, task, include_words) -> the body of one response format
+BodyWriter = Callable[[Transcript, str, bool], Body]
+
+
+def text_body(write: Callable[[Transcript], str]) -> BodyWriter:
+    return lambda transcript, task, include_words: write(transcript)
+
+
+# one writer per response format; both protocols use them, and a job's status embeds the body
+BODY_WRITERS: dict[str, BodyWriter] = {
+    TRANSCRIPTION_JSON: lambda transcript, task, words: transcription_json(transcript, words),
+    "json": lambda transcript, task, words: {"text": transcript.text},
+    "verbose_json": verbose_json,
+    **{name: text_body(write) for name, write in TEXT_WRITERS.items()},
+}
+
+
+def response_of(response_format: str, body: Body) -> Response:
+    """A written body as the HTTP response of its format."""
+    if isinstance(body, str):
+        return PlainTextResponse(body, media_type=MEDIA_TYPES[response_format])
+    return JSONResponse(body)
+
+
 Writer = Callable[[Transcript, str, bool], Response]
 
 
-def text_writer(write: Callable[[Transcript], str], media_type: str) -> Writer:
-    return lambda transcript, task, include_words: PlainTextResponse(write(transcript), media_type=media_type)
+def writer(response_format: str) -> Writer:
+    write = BODY_WRITERS[response_format]
+    return lambda transcript, task, words: response_of(response_format, write(transcript, task, words))
 
 
-# one writer per response format: (transcript, task, include_words) -> response; both protocols use them
-WRITERS: dict[str, Writer] = {
-    TRANSCRIPTION_JSON: lambda transcript, task, words: JSONResponse(transcription_json(transcript, words)),
-    "json": lambda transcript, task, words: JSONResponse({"text": transcript.text}),
-    "verbose_json": lambda transcript, task, words: JSONResponse(verbose_json(transcript, task, words)),
-    **{name: text_writer(write, MEDIA_TYPES[name]) for name, write in TEXT_WRITERS.items()},
-}
+# (transcript, task, include_words) -> the response of one format
+WRITERS: dict[str, Writer] = {name: writer(name) for name in BODY_WRITERS}

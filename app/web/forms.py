@@ -7,9 +7,10 @@ audio part itself is streamed by app/web/uploads.py, never held here.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Annotated, Any, ClassVar
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
     BaseModel,
@@ -21,9 +22,18 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
-from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
-from app.contract import TASKS, LanguageDetection, Reason, TranscriptionOptions, VadParameters, Work
+from app.contract import (
+    LANGUAGES,
+    TASKS,
+    TO_LANGUAGE_CODE,
+    LanguageDetection,
+    Reason,
+    TranscriptionOptions,
+    VadParameters,
+    Work,
+    english_only_refusal,
+)
 from app.web.errors import RequestError
 from app.web.formats import RESPONSE_FORMATS, TRANSCRIPTION_JSON
 from app.web.uploads import Upload
@@ -33,8 +43,24 @@ FALSE_WORDS = ("", "0", "false", "no", "off")
 # the name OpenAI clients send; any of them maps to the one model this service has loaded
 OPENAI_MODEL_NAME = "whisper-1"
 GRANULARITIES = ("segment", "word")
-# the validation context key holding the model names a request may ask for
+# the validation context key holding the ServedModel a request is checked against
 SERVED = "served"
+# the longest server_vad prefix_padding_ms and silence_duration_ms: a minute is past any window (30 s)
+MAX_VAD_MILLISECONDS = 60_000
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The one model this service has loaded, as forms check requests against it."""
+
+    # the names a client may ask for: OpenAI's alias and the loaded model's own name
+    names: tuple[str, ...] = ()
+    # an English-only model (tiny.en, ...) refuses other languages and translation at once, on every route
+    english_only: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.names[-1] if self.names else "the loaded model"
 
 
 def bad_option(param: str, message: str) -> RequestError:
@@ -61,12 +87,14 @@ def _temperature(value: object, info: ValidationInfo) -> float | None:
     text = _text(value)
     if not text:
         return None
+    refusal = bad_option("temperature", f"temperature must be a number from 0 to 1, not {text[:40]!r}")
     try:
         temperature = float(text)
-    except ValueError:
-        raise bad_option("temperature", f"temperature must be a number between 0 and 1, not {text!r}") from None
+    except (ValueError, OverflowError):
+        raise refusal from None
+    # NaN fails every comparison, so the range is asked the way round that refuses it
     if not 0.0 <= temperature <= 1.0:
-        raise bad_option("temperature", f"temperature must be between 0 and 1, not {temperature:g}")
+        raise refusal
     return temperature
 
 
@@ -102,15 +130,33 @@ def _chunking_strategy(value: object) -> VadParameters | None:
     if not isinstance(strategy, dict) or strategy.get("type") != "server_vad":
         raise bad_option("chunking_strategy", 'chunking_strategy must be "auto" or {"type": "server_vad", ...}')
     defaults = VadParameters()
+    threshold = _server_vad_number(strategy, "threshold", defaults.threshold, whole=False)
+    padding = _server_vad_number(strategy, "prefix_padding_ms", defaults.speech_pad_ms, whole=True)
+    silence = _server_vad_number(strategy, "silence_duration_ms", defaults.min_silence_ms, whole=True)
+    return replace(defaults, threshold=threshold, speech_pad_ms=int(padding), min_silence_ms=int(silence))
+
+
+def _server_vad_number(strategy: dict[str, object], key: str, default: float, *, whole: bool) -> float:
+    """One number of a server_vad object: finite and in range (JSON allows Infinity, 1e999 and 400 digits)."""
+    if whole:
+        allowed = f"a whole number of milliseconds from 0 to {MAX_VAD_MILLISECONDS}"
+    else:
+        allowed = "a number between 0 and 1 (exclusive)"
+    value = strategy.get(key, default)
+    refusal = bad_option("chunking_strategy", f"chunking_strategy {key} must be {allowed}, not {str(value)[:40]!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise refusal
     try:
-        threshold = float(strategy.get("threshold", defaults.threshold))
-        padding = int(strategy.get("prefix_padding_ms", defaults.speech_pad_ms))
-        silence = int(strategy.get("silence_duration_ms", defaults.min_silence_ms))
-    except (TypeError, ValueError):
-        raise bad_option("chunking_strategy", "server_vad threshold and *_ms fields must be numbers") from None
-    if not 0.0 < threshold < 1.0 or padding < 0 or silence < 0:
-        raise bad_option("chunking_strategy", "server_vad needs 0 < threshold < 1 and non-negative *_ms fields")
-    return replace(defaults, threshold=threshold, speech_pad_ms=padding, min_silence_ms=silence)
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise refusal from None
+    if not math.isfinite(number):
+        raise refusal
+    if whole and (number != int(number) or not 0 <= number <= MAX_VAD_MILLISECONDS):
+        raise refusal
+    if not whole and not 0.0 < number < 1.0:
+        raise refusal
+    return number
 
 
 def _no_streaming(value: object, info: ValidationInfo) -> bool:
@@ -193,15 +239,24 @@ class UploadForm(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     @classmethod
-    def from_upload(cls, upload: Upload, served: Sequence[str] = ()) -> UploadForm:
+    def from_upload(cls, upload: Upload, served: ServedModel = ServedModel()) -> UploadForm:
         """Validate the form's text fields; raises RequestError naming the field at fault."""
         fields: dict[str, object] = {**upload.fields, **{f"{name}[]": values for name, values in upload.lists.items()}}
         try:
-            return cls.model_validate(fields, context={SERVED: tuple(served)})
+            return cls.model_validate(fields, context={SERVED: served})
         except ValidationError as error:
             problem = error.errors()[0]
             param = str(problem["loc"][0]) if problem["loc"] else None
             raise RequestError(Reason.BAD_OPTION, f"{param}: {problem['msg']}", param) from None
+
+    @model_validator(mode="after")
+    def _within_the_model(self, info: ValidationInfo) -> Self:
+        served: ServedModel = (info.context or {}).get(SERVED, ServedModel())
+        work = self.work
+        refusal = english_only_refusal(work, served.name) if isinstance(work, TranscriptionOptions) else None
+        if served.english_only and refusal is not None:
+            raise RequestError(refusal.reason, refusal.message, refusal.param)
+        return self
 
     @property
     def work(self) -> Work:
@@ -271,7 +326,7 @@ def _model_name(value: object, info: ValidationInfo) -> str:
     name = _text(value)
     if not name:
         raise bad_option("model", "you must provide a model parameter")
-    served: tuple[str, ...] = (info.context or {}).get(SERVED, ())
+    served: tuple[str, ...] = (info.context or {}).get(SERVED, ServedModel()).names
     if name not in served:
         message = f"model {name!r} is not served here; use one of: {', '.join(served)}"
         raise RequestError(Reason.UNKNOWN_MODEL, message, "model")

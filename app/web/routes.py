@@ -1,62 +1,46 @@
 """The HTTP side: every upload route, run in LitServe's API server processes, and their one lifecycle.
 
-A request is first received onto the tmpfs (its form validated), then admitted and prepared (decoded by
-ffmpeg here, in parallel across requests), then awaited (submitted to the model worker through WorkerClient,
-waited for, rendered). Only a waveform path and options cross the queue.
+Each is received by the one intake (app/web/intake.py: paced onto the tmpfs, form validated, admitted), then
+prepared (decoded by ffmpeg here, in parallel across requests), then awaited (submitted to the model worker
+through WorkerClient, waited for, rendered). Only a waveform path and options cross the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import Request, Response
 
 from app import metrics
 from app.config import Settings
-from app.contract import ItemError, LanguageGuess, QueuedRequest, Reason, Transcript, TranscriptionOptions
+from app.contract import ItemError, LanguageGuess, QueuedRequest, Transcript, TranscriptionOptions
 from app.litserve_adapter import RoutesSpec, WorkerClient
 from app.web import native_api, openai_api
 from app.web.admission import Admission
 from app.web.audio import decode_upload
-from app.web.errors import RequestError, retry_after
 from app.web.formats import WRITERS
 from app.web.forms import (
-    OPENAI_MODEL_NAME,
     DetectLanguageForm,
     NativeTranscribeForm,
     OpenAITranscriptionForm,
     OpenAITranslationForm,
+    ServedModel,
     UploadForm,
 )
-from app.web.request_log import RequestRecord, record_of
-from app.web.uploads import RequestFiles, UploadPace, receive_upload
-
-log = logging.getLogger(__name__)
+from app.web.intake import ErrorRenderer, Intake, Received, UploadRoute
+from app.web.request_log import RequestRecord
+from app.web.uploads import RequestFiles
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-ErrorRenderer = Callable[[ItemError], Response]
-STORAGE_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
-
-@dataclass(frozen=True)
-class Route:
-    """One upload route: the form it takes and the shape its errors answer in."""
-
-    path: str
-    form: type[UploadForm]
-    render_error: ErrorRenderer
-
 
 ROUTES = (
-    Route(native_api.TRANSCRIBE_PATH, NativeTranscribeForm, native_api.error_response),
-    Route(native_api.DETECT_LANGUAGE_PATH, DetectLanguageForm, native_api.error_response),
-    Route(openai_api.TRANSCRIPTIONS_PATH, OpenAITranscriptionForm, openai_api.error_response),
-    Route(openai_api.TRANSLATIONS_PATH, OpenAITranslationForm, openai_api.error_response),
+    UploadRoute(native_api.TRANSCRIBE_PATH, NativeTranscribeForm, native_api.error_response),
+    UploadRoute(native_api.DETECT_LANGUAGE_PATH, DetectLanguageForm, native_api.error_response),
+    UploadRoute(openai_api.TRANSCRIPTIONS_PATH, OpenAITranscriptionForm, openai_api.error_response),
+    UploadRoute(openai_api.TRANSLATIONS_PATH, OpenAITranslationForm, openai_api.error_response),
 )
 
 
@@ -78,13 +62,12 @@ def render(form: UploadForm, outcome: Transcript | LanguageGuess) -> Response:
 class TranscriptionRoutes(RoutesSpec):
     """Routes that receive uploads and hand decoded waveforms to WhisperLitAPI's batches."""
 
-    def __init__(self, settings: Settings, admission: Admission, model_name: str) -> None:
+    def __init__(self, settings: Settings, admission: Admission, model: ServedModel) -> None:
         super().__init__()
         self.settings = settings
         self.admission = admission
         self.api_path = native_api.TRANSCRIBE_PATH
-        # names a client may ask for: OpenAI's alias and the loaded model's own name
-        self.served_models: Sequence[str] = (OPENAI_MODEL_NAME, model_name)
+        self.intake = Intake(settings, admission, model)
         self.worker_client = WorkerClient(self, settings.request_timeout)
         for route in ROUTES:
             self.add_endpoint(route.path, self.endpoint(route), ["POST"])
@@ -92,9 +75,9 @@ class TranscriptionRoutes(RoutesSpec):
         self.error_renderers: dict[str, ErrorRenderer] = {route.path: route.render_error for route in ROUTES}
         self._decode_slots: asyncio.Semaphore | None = None
 
-    def endpoint(self, route: Route) -> Endpoint:
+    def endpoint(self, route: UploadRoute) -> Endpoint:
         async def receive(request: Request) -> Response:
-            return await self.handle(request, route)
+            return await self.intake.serve(request, route, self.transcribe)
 
         return receive
 
@@ -118,27 +101,17 @@ class TranscriptionRoutes(RoutesSpec):
         record.decode_ms = round(elapsed * 1000, 1)
         files.upload.unlink()
 
-    async def receive(self, request: Request, route: Route, files: RequestFiles, record: RequestRecord) -> UploadForm:
-        """Receive the upload at no less than the minimum pace and validate its form; raises RequestError."""
-        upload = await receive_upload(
-            request,
-            files.upload,
-            int(self.settings.max_upload_mb * 1e6),
-            UploadPace(self.settings.min_upload_rate_kb * 1000, self.settings.upload_grace),
-            still_wanted=lambda: self.admission.refuse_unless_serving(waiting=True),
-        )
-        record.upload_bytes = upload.file_size
-        return route.form.from_upload(upload, self.served_models)
-
-    async def prepare(self, form: UploadForm, files: RequestFiles, record: RequestRecord) -> PreparedUpload:
+    async def prepare(self, received: Received) -> PreparedUpload:
         """Decode the received upload's audio; raises RequestError for the client's faults."""
-        await self.decode(files, record)
-        return PreparedUpload(form, QueuedRequest(str(files.waveform), form.work, time.monotonic()))
+        await self.decode(received.files, received.record)
+        return PreparedUpload(
+            received.form, QueuedRequest(str(received.files.waveform), received.form.work, time.monotonic())
+        )
 
     async def await_outcome(
         self, prepared: PreparedUpload, arrived_at: float, record: RequestRecord
     ) -> Response | ItemError:
-        """Submit the job to the model workers, wait for its own answer and render it."""
+        """Submit the request to the model workers, wait for its own answer and render it."""
         answer = await self.worker_client.run(
             prepared.job, arrived_at, keep_waiting=lambda: self.admission.refuse_unless_serving(waiting=True)
         )
@@ -148,47 +121,7 @@ class TranscriptionRoutes(RoutesSpec):
         outcome = answer.outcome
         return outcome if isinstance(outcome, ItemError) else render(prepared.form, outcome)
 
-    async def handle(self, request: Request, route: Route) -> Response:
-        """The life of one upload: receive it, take a place, prepare it, await its outcome, answer.
-
-        Temp files are always removed, and all of it happens within WHISPER_REQUEST_TIMEOUT of arrival.
-        """
-        started = time.monotonic()
-        record = record_of(request)
-        timeout = self.settings.request_timeout
-
-        async def serve() -> Response | ItemError:
-            form = await self.receive(request, route, files, record)
-            # a place is taken once the body is here: a slow client holds its connection, never a place
-            with self.admission.admit():
-                prepared = await self.prepare(form, files, record)
-                return await self.await_outcome(prepared, started, record)
-
-        metrics.IN_FLIGHT.inc()
-        files = RequestFiles.create(self.settings.tmp_dir)
-        try:
-            with self.admission.arrive():
-                result = await asyncio.wait_for(serve(), timeout)
-        except asyncio.TimeoutError:
-            result = ItemError(Reason.TIMEOUT, f"the request did not finish within {timeout:g} s; its work was dropped")
-        except RequestError as error:
-            result = error.error
-        except OSError as error:
-            if error.errno not in STORAGE_FULL_ERRNOS:
-                raise
-            log.error("request storage is full: %s", error)
-            result = ItemError(Reason.STORAGE_FULL, "the server could not store the upload; try again later")
-        finally:
-            files.remove()
-            metrics.IN_FLIGHT.dec()
-        if isinstance(result, ItemError):
-            metrics.ERRORS.labels(result.reason.value).inc()
-            record.reason = result.reason.value
-            response = route.render_error(result)
-            if (seconds := retry_after(result)) is not None:
-                response.headers["Retry-After"] = str(seconds)
-        else:
-            response = result
-        metrics.REQUESTS.labels(route.path, str(response.status_code)).inc()
-        metrics.REQUEST_SECONDS.labels(route.path).observe(time.monotonic() - started)
-        return response
+    async def transcribe(self, received: Received) -> Response | ItemError:
+        """The synchronous routes' handler: decode the upload, await the model worker's outcome, render it."""
+        prepared = await self.prepare(received)
+        return await self.await_outcome(prepared, received.arrived_at, received.record)

@@ -9,6 +9,7 @@ import base64
 import enum
 import gzip
 import hashlib
+import json
 import pickle
 from pathlib import Path
 
@@ -23,6 +24,10 @@ GPU_DEFAULT_MODEL = "medium"
 CPU_FALLBACK_MODEL = "tiny.en"
 CHECKPOINT_SUFFIX = ".pt"
 CACHE_KEY_LENGTH = 16
+# openai-whisper's own test (Whisper.is_multilingual): multilingual vocabularies have at least this many tokens
+MULTILINGUAL_VOCABULARY = 51865
+# openai-whisper's names of English-only models end so (tiny.en, base.en, ...)
+ENGLISH_ONLY_SUFFIX = ".en"
 # bytes hashed at each end of model.bin for the conversion cache's key
 CACHE_KEY_SPAN_BYTES = 1 << 20
 
@@ -106,6 +111,34 @@ def model_display_name(spec: str) -> str:
     if bundled is not None and path.is_dir() and path.resolve() == bundled[0].resolve():
         return bundled[1]
     return path.stem if path.is_file() else path.name or spec
+
+
+def english_only(spec: str) -> bool:
+    """Whether `spec` names an English-only model (tiny.en, ...), told without loading its weights.
+
+    The HTTP processes refuse other languages and translation for such a model before an upload is decoded;
+    a spec that cannot be read here is left to the worker, which refuses them as it loads the model.
+    """
+    try:
+        kind = classify_spec(spec)
+    except ModelLoadError:
+        return False
+    path = Path(spec).expanduser()
+    if kind is SpecKind.NAME:
+        return spec.endswith(ENGLISH_ONLY_SUFFIX)
+    if kind is SpecKind.SYNTHETIC:
+        return synthetic.SHAPES[synthetic.shape_of(spec)].n_vocab < MULTILINGUAL_VOCABULARY
+    if kind is SpecKind.CHECKPOINT:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        return int(checkpoint["dims"]["n_vocab"]) < MULTILINGUAL_VOCABULARY
+    text_vocabulary, json_vocabulary = path / "vocabulary.txt", path / "vocabulary.json"
+    if text_vocabulary.is_file():
+        tokens = len(text_vocabulary.read_text(encoding="utf-8").splitlines())
+    elif json_vocabulary.is_file():
+        tokens = len(json.loads(json_vocabulary.read_text(encoding="utf-8")))
+    else:
+        return False
+    return tokens < MULTILINGUAL_VOCABULARY
 
 
 def _cache_path(folder: Path, cache_dir: Path) -> Path:

@@ -67,7 +67,7 @@ def window_segments(result: DecodingResult, window: Window, tokenizer: Tokenizer
 
 
 def in_order(segments: list[Segment], duration: float) -> list[Segment]:
-    """Segments sorted by start, every time inside [0, duration] and no end before its start.
+    """Segments sorted by start, every time inside [0, duration], no end before its start, none overlapping.
 
     Windows and their follow-ups finish in any order, and word alignment may nudge a time past the
     audio's end; responses (SRT, VTT) need monotone, well-formed times.
@@ -89,4 +89,22 @@ def in_order(segments: list[Segment], duration: float) -> list[Segment]:
             words.append(replace(word, start=word_start, end=floor))
         end = clamp(segment.end, max(start, words[-1].end if words else start))
         tidy.append(replace(segment, start=start, end=end, words=tuple(words)))
-    return tidy
+    return without_overlaps(tidy)
+
+
+def without_overlaps(segments: list[Segment]) -> list[Segment]:
+    """Sorted segments with each one ending no later than the next begins (its words cut there too).
+
+    A segment left open at its window's end runs to that end (window_segments), while the next window, or the
+    follow-up that decodes the rest, starts where speech does: the earlier end is the guess, so it gives way.
+    """
+    cut = []
+    for index, segment in enumerate(segments):
+        following = segments[index + 1] if index + 1 < len(segments) else None
+        if following is None or segment.end <= following.start:
+            cut.append(segment)
+            continue
+        end = max(segment.start, following.start)
+        words = tuple(replace(w, start=min(w.start, end), end=min(w.end, end)) for w in segment.words)
+        cut.append(replace(segment, end=end, words=words))
+    return cut

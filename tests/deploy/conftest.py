@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.service import ServiceProcess
+from harness.speech import SENTENCES, speak
 from tests.deploy.prometheus import PrometheusProcess
 from tests.deploy.tools import COMPOSE_FILE, CPU_COMPOSE_FILE, compose_model
-from tests.service import ServiceProcess
-from tests.speech import SENTENCES, speak
 
 # where the container's filesystem and network differ from a test's; ServiceProcess picks these
 CONTAINER_ONLY = ("WHISPER_HOST", "WHISPER_PORT", "WHISPER_TMP_DIR", "WHISPER_MODEL_CACHE_DIR")

@@ -16,8 +16,8 @@ from pathlib import Path
 import requests
 import yaml
 
+from harness.service import free_port, wait_until_ready
 from tests.deploy.tools import CONFIG, KUBERNETES, load_yaml, require
-from tests.service import free_port, wait_until_ready
 
 SCRAPE_INTERVAL = "1s"
 STARTUP_SECONDS = 30.0

@@ -16,12 +16,12 @@ import requests
 from prometheus_client.metrics import MetricWrapperBase
 
 from app import metrics
+from harness.service import ServiceProcess, free_port
+from harness.speech import long_speech
 from tests.deploy import dashboard, dockerfile
 from tests.deploy.kubernetes import adapter_rule, container
 from tests.deploy.prometheus import KUBERNETES_JOB, POD, PrometheusProcess
 from tests.deploy.tools import CONFIG, load_yaml
-from tests.service import ServiceProcess, free_port
-from tests.speech import long_speech
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,7 @@ import json
 import select
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.service import ServiceProcess, wait_until
+from harness.service import ServiceProcess, wait_until
 
 API_KEY = "hardening-test-key-5f1c9e"
 MAX_UPLOAD_MB = 4
@@ -98,6 +99,22 @@ def read_answer(connection: socket.socket, timeout: float) -> RawAnswer:
     if not head.startswith(b"HTTP/1.1 "):
         return RawAnswer(None, received)
     return RawAnswer(int(head.split()[1]), body)
+
+
+def trickle(
+    service: ServiceProcess, started: threading.Event, stop: threading.Event, path: str = "/transcribe"
+) -> RawAnswer:
+    """Send an upload to `path` one byte a second until the server answers (or `stop` is set); its answer."""
+    body = multipart(Part(b"file", bytes(1000), b"slow.wav"))
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as connection:
+        connection.sendall(request_head(service, path, {"Content-Type": MULTIPART}, len(body)))
+        started.set()
+        for byte in body:
+            if stop.is_set() or select.select([connection], [], [], 1.0)[0]:
+                break
+            with contextlib.suppress(ConnectionError):
+                connection.sendall(bytes([byte]))
+        return read_answer(connection, timeout=30)
 
 
 def send_raw(service: ServiceProcess, payload: bytes, timeout: float = 60) -> RawAnswer:

@@ -10,8 +10,8 @@ import requests
 
 from app.config import Settings
 from app.server import build_server
+from harness.service import ServiceProcess
 from tests.hardening.conftest import API_KEY
-from tests.service import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

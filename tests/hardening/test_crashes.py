@@ -17,9 +17,9 @@ import pytest
 import requests
 
 from app.lifecycle import EXIT_PROCESS_DIED
+from harness.service import ServiceProcess, wait_until
 from tests.hardening.conftest import MULTIPART, Part, multipart
 from tests.hardening.test_shutdown import MODEL_PASSES, PASS_CEILING_SECONDS, start_model_pass
-from tests.service import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.integration
 

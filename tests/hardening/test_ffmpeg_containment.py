@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.service import ServiceProcess
 from tests.hardening.conftest import Part, multipart, post
-from tests.service import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.service import ServiceProcess, wait_until
 from tests.hardening.conftest import MAX_QUEUE
-from tests.service import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import psutil
 import pytest
 import requests
 
+from harness.service import ServiceProcess
 from tests.hardening.conftest import read_answer, send_raw
-from tests.service import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import requests
 
+from harness.service import ServiceProcess
 from tests.hardening.conftest import MULTIPART, Part, lavfi, multipart, post, upload_dir_files
-from tests.service import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

@@ -12,6 +12,7 @@ import psutil
 import pytest
 import requests
 
+from harness.service import ServiceProcess
 from tests.hardening.conftest import (
     MAX_AUDIO_SECONDS,
     MAX_UPLOAD_MB,
@@ -22,7 +23,6 @@ from tests.hardening.conftest import (
     multipart,
     post,
 )
-from tests.service import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

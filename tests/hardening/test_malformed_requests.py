@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.service import ServiceProcess
 from tests.hardening.conftest import RawAnswer, request_head, send_raw
-from tests.service import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import requests
 
+from harness.service import ServiceProcess
 from tests.hardening.conftest import MAX_QUEUE, Part, multipart, post
-from tests.service import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.service import ServiceProcess
+from harness.speech import duration_seconds
 from tests.hardening.conftest import log_line
-from tests.service import ServiceProcess
-from tests.speech import duration_seconds
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from schemathesis import BaseSchema, Case
 from schemathesis.checks import not_a_server_error
 from schemathesis.openapi import from_url
 
-from tests.service import ServiceProcess
+from harness.service import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

@@ -6,6 +6,7 @@ SHUTDOWN_OVERHEAD_SECONDS, which the orchestrators' grace periods outlast.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import time
@@ -19,8 +20,8 @@ import yaml
 
 from app.config import Settings
 from app.lifecycle import SHUTDOWN_OVERHEAD_SECONDS
+from harness.service import ServiceProcess, wait_until
 from tests.hardening.conftest import MULTIPART, Part, multipart, read_answer, request_head
-from tests.service import ServiceProcess, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,28 +77,36 @@ def test_sigterm_during_a_long_transcription_lets_it_finish(
 STALLED_GRACE_SECONDS = 3
 
 
-def test_sigterm_with_a_client_stalled_mid_upload_exits_within_the_grace_and_answers_it_503(
+def test_sigterm_with_clients_stalled_mid_upload_exits_within_the_grace_and_answers_them_503(
     tmp_path: Path, model_cache_dir: Path
 ) -> None:
+    """One client stalled mid-upload on /transcribe, one on /v1/jobs: the one intake drains both alike."""
     service = ServiceProcess(tmp_path, model_cache_dir, WHISPER_SHUTDOWN_GRACE=str(STALLED_GRACE_SECONDS)).start()
     body = multipart(Part(b"file", bytes(100_000), b"stalled.wav"))
+    paths = ("/transcribe", "/v1/jobs")
     try:
-        with socket.create_connection(("127.0.0.1", service.port), timeout=60) as stalled:
-            stalled.sendall(request_head(service, "/transcribe", {"Content-Type": MULTIPART}, len(body)))
-            stalled.sendall(body[:50_000])
-            wait_until(lambda: list(service.upload_dir.iterdir()), 30, "the upload is being written")
+        with contextlib.ExitStack() as connections:
+            stalled = []
+            for path in paths:
+                connection = connections.enter_context(socket.create_connection(("127.0.0.1", service.port), 60))
+                connection.sendall(request_head(service, path, {"Content-Type": MULTIPART}, len(body)))
+                connection.sendall(body[:50_000])
+                stalled.append(connection)
+            wait_until(lambda: len(list(service.upload_dir.iterdir())) == 2, 30, "both uploads are being written")
             signalled = time.monotonic()
             service.send_signal(signal.SIGTERM)
-            answer = read_answer(stalled, timeout=STALLED_GRACE_SECONDS + SHUTDOWN_OVERHEAD_SECONDS)
+            answers = [read_answer(c, timeout=STALLED_GRACE_SECONDS + SHUTDOWN_OVERHEAD_SECONDS) for c in stalled]
             status = service.wait(timeout=STALLED_GRACE_SECONDS + SHUTDOWN_OVERHEAD_SECONDS + 60)
         exited_after = time.monotonic() - signalled
     finally:
         service.stop()
-    print(f"grace {STALLED_GRACE_SECONDS} s: exit {status} after {exited_after:.1f} s, stalled client got {answer}")
-    assert answer.status == 503 and answer.json()["reason"] == "unavailable"
+    print(f"grace {STALLED_GRACE_SECONDS} s: exit {status} after {exited_after:.1f} s, stalled clients got {answers}")
+    for path, answer in zip(paths, answers, strict=True):
+        assert answer.status == 503 and answer.json()["reason"] == "unavailable", (path, answer)
     assert status == 0
     assert exited_after < STALLED_GRACE_SECONDS + SHUTDOWN_OVERHEAD_SECONDS
-    assert list(service.upload_dir.iterdir()) == [], "the partial upload was deleted"
+    assert list(service.upload_dir.iterdir()) == [], "the partial uploads were deleted"
+    assert list((tmp_path / "job-uploads").iterdir()) == [], "no job upload was kept"
 
 
 def test_orchestrators_wait_longer_than_the_service_can_take_to_stop() -> None:

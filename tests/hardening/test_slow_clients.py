@@ -7,8 +7,6 @@ so /health and an authenticated upload get through a server whose open-file limi
 
 from __future__ import annotations
 
-import contextlib
-import select
 import socket
 import threading
 import time
@@ -19,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.hardening.conftest import MAX_QUEUE, MULTIPART, Part, RawAnswer, multipart, read_answer, request_head
-from tests.service import ServiceProcess, wait_until
+from harness.service import ServiceProcess, wait_until
+from tests.hardening.conftest import MAX_QUEUE, read_answer, trickle
 
 pytestmark = pytest.mark.integration
 
@@ -30,20 +28,6 @@ UPLOAD_GRACE_SECONDS = 10
 OPEN_FILES = 256
 IDLE_CONNECTIONS = 2 * OPEN_FILES
 REFUSED = "whisper_connections_refused_total"
-
-
-def trickle(service: ServiceProcess, started: threading.Event, stop: threading.Event) -> RawAnswer:
-    """Send an upload one byte a second until the server answers (or `stop` is set); its answer."""
-    body = multipart(Part(b"file", bytes(1000), b"slow.wav"))
-    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as connection:
-        connection.sendall(request_head(service, "/transcribe", {"Content-Type": MULTIPART}, len(body)))
-        started.set()
-        for byte in body:
-            if stop.is_set() or select.select([connection], [], [], 1.0)[0]:
-                break
-            with contextlib.suppress(ConnectionError):
-                connection.sendall(bytes([byte]))
-        return read_answer(connection, timeout=30)
 
 
 def test_slow_bodies_hold_no_place_and_are_refused_while_others_are_served(

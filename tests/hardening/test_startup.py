@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from app.worker.loading import _cache_path
-from tests.service import free_port
+from harness.service import free_port
 
 pytestmark = pytest.mark.integration
 

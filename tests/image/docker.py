@@ -11,7 +11,7 @@ import time
 
 import requests
 
-from tests.service import ServiceProcess, free_port, wait_until
+from harness.service import ServiceProcess, free_port, wait_until
 
 # every container the tests start carries it, so a run cleans up what an interrupted one left
 LABEL = "whisper-image-test"
@@ -44,7 +44,7 @@ def remove_leftovers() -> None:
 
 
 class ServiceContainer:
-    """The service image in one container on its own host port; the same calls as tests.service.ServiceProcess."""
+    """The service image in one container on its own host port; the same calls as harness.service.ServiceProcess."""
 
     def __init__(self, image: str, name: str, *run_options: str, **env: str) -> None:
         self.image = image

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.service import wait_until
 from tests.deploy.tools import COMPOSE_FILE, CPU_COMPOSE_FILE, ROOT, docker_compose, load_yaml
 from tests.image.docker import STARTUP_SECONDS, answers_health, docker
-from tests.service import wait_until
 
 pytestmark = pytest.mark.image
 

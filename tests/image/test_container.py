@@ -12,9 +12,9 @@ import openai
 import pytest
 import requests
 
+from harness.service import wait_until
 from tests.image.conftest import FIGURES
 from tests.image.docker import ServiceContainer
-from tests.service import wait_until
 
 pytestmark = pytest.mark.image
 

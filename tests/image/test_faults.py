@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from app.lifecycle import EXIT_PROCESS_DIED
+from harness.service import wait_until
+from harness.speech import long_speech
 from tests.deploy.test_compose import seconds
 from tests.deploy.tools import COMPOSE_FILE, CPU_COMPOSE_FILE, compose_model
 from tests.hardening.test_shutdown import start_model_pass
 from tests.image.conftest import FIGURES
 from tests.image.docker import ServiceContainer, docker
-from tests.service import wait_until
-from tests.speech import long_speech
 
 pytestmark = pytest.mark.image
 

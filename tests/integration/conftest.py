@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service import ServiceProcess
+from harness.service import ServiceProcess
 
 # long enough for requests sent together to meet in one batch on a slow CI machine
 TEST_BATCH_TIMEOUT = "1.0"

@@ -7,9 +7,9 @@ import pytest
 import whisper
 
 from app.worker.loading import load_model
-from scripts.accuracy import DEFAULT_CACHE, service_transcripts, word_errors
-from scripts.speech_corpus import build_corpus
-from tests.service import ServiceProcess
+from harness.accuracy import DEFAULT_CACHE, service_transcripts, word_errors
+from harness.service import ServiceProcess
+from harness.speech_corpus import build_corpus
 
 pytestmark = pytest.mark.integration
 

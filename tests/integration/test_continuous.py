@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.service import ServiceProcess
+from harness.service import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

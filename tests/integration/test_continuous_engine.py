@@ -18,8 +18,8 @@ from app.contract import Transcript, TranscriptionOptions
 from app.worker.engine import AudioItem, Transcriber, fixed_windows
 from app.worker.scheduler import ContinuousScheduler
 from app.worker.vad import VadSplitter
-from scripts.accuracy import DEFAULT_CACHE
-from scripts.speech_corpus import build_corpus
+from harness.accuracy import DEFAULT_CACHE
+from harness.speech_corpus import build_corpus
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import requests
 import srt
 import webvtt
 
+from harness.service import ServiceProcess
 from tests.nonspeech import write_non_speech
-from tests.service import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

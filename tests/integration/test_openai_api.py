@@ -8,8 +8,8 @@ import openai
 import pytest
 import requests
 
+from harness.service import ServiceProcess
 from tests.integration.test_transcribe import histogram_delta, send_together
-from tests.service import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import requests
 
-from tests.service import ServiceProcess
-from tests.speech import duration_seconds
+from harness.service import ServiceProcess
+from harness.speech import duration_seconds
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.service import ServiceProcess, sample_labels, sample_name
 from tests.integration.test_transcribe import send_together
-from tests.service import ServiceProcess, sample_labels, sample_name
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.jobs.client import BUDGET_BYTES, STARTUP_SECONDS, jobs_env
+from harness.jobs_client import BUDGET_BYTES, STARTUP_SECONDS, jobs_env
+from harness.service import ServiceProcess
+from harness.speech import looped
 from tests.postgres import postgres_server
-from tests.service import ServiceProcess
-from tests.speech import looped
 
 
 @pytest.fixture(scope="session")

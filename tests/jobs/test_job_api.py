@@ -8,8 +8,8 @@ import pytest
 import requests
 import srt
 
-from tests.jobs.client import BUDGET_BYTES, job, submit, submitted, wait_until_over, wait_until_windows_done
-from tests.service import ServiceProcess
+from harness.jobs_client import BUDGET_BYTES, job, submit, submitted, wait_until_over, wait_until_windows_done
+from harness.service import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.jobs.client import job, submitted, wait_until_over, wait_until_windows_done
-from tests.service import ServiceProcess
-from tests.speech import looped
+from harness.jobs_client import job, submitted, wait_until_over, wait_until_windows_done
+from harness.service import ServiceProcess
+from harness.speech import looped
 
 SHORT_REQUESTS = 5
 # a window finishing in the instant between reading the job's progress and the request being held lets one

@@ -12,8 +12,8 @@ import pytest
 
 from app.web.jobs.model import JobStatus
 from app.web.jobs.store import JobStore
-from tests.jobs.client import STARTUP_SECONDS, job, jobs_env, submitted, wait_until_over, wait_until_windows_done
-from tests.service import ServiceProcess, wait_until
+from harness.jobs_client import STARTUP_SECONDS, job, jobs_env, submitted, wait_until_over, wait_until_windows_done
+from harness.service import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,17 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.contract import ItemError, QueuedRequest, Reason, Reported, Segment, Transcript, WorkerTiming, read_waveform
+from app.contract import (
+    ItemError,
+    QueuedRequest,
+    Reason,
+    Reported,
+    Segment,
+    Transcript,
+    TranscriptionOptions,
+    WorkerTiming,
+    read_waveform,
+)
 from app.web.admission import Admission, Phase
 from app.web.jobs.files import JobAudio
 from app.web.jobs.model import JobRequest, JobStatus
@@ -92,8 +102,8 @@ class Jobs:
             self.settings, self.store, self.audio, self.admission, worker.run, split_waveform, webhooks=None
         )
         self.audio.path("j").write_bytes(audio.read_bytes())
-        fields = {"language": "en", "response_format": "text"}
-        assert self.store.add("j", "owner", JobRequest(fields), audio.stat().st_size, 10**9)
+        asked = JobRequest(TranscriptionOptions(language="en"), "text")
+        assert self.store.add("j", "owner", asked, audio.stat().st_size, 10**9)
 
     def run_claimed(self) -> None:
         claim = self.store.claim("runner", LEASE)

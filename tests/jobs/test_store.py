@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from app.contract import TranscriptionOptions, VadParameters
 from app.web.jobs.model import JobRequest, JobStatus
 from app.web.jobs.store import JobStore
 
@@ -38,7 +40,15 @@ def store(jobs_db: str, clock: Clock) -> JobStore:
 
 
 def queue(store: JobStore, clock: Clock, job_id: str, owner: str = "alice", audio_bytes: int = 10) -> None:
-    assert store.add(job_id, owner, JobRequest({"response_format": "text"}, filename="a.wav"), audio_bytes, BUDGET)
+    assert store.add(
+        job_id,
+        owner,
+        JobRequest(
+            TranscriptionOptions(language="en", vad_parameters=VadParameters(threshold=0.3)), "text", filename="a.wav"
+        ),
+        audio_bytes,
+        BUDGET,
+    )
     # a distinct creation time per job keeps the queue's order unambiguous
     clock.now += 1
 
@@ -47,7 +57,9 @@ def test_a_queued_job_reads_back_for_its_owner_only(store: JobStore, clock: Cloc
     queue(store, clock, "j1")
     job = store.get("j1", "alice")
     assert job.status is JobStatus.QUEUED
-    assert job.request.fields == {"response_format": "text"}
+    assert job.request == JobRequest(
+        TranscriptionOptions(language="en", vad_parameters=VadParameters(threshold=0.3)), "text", filename="a.wav"
+    )
     assert job.audio_bytes == 10
     assert store.get("j1", "bob") is None
     assert store.get("j1") is not None
@@ -227,3 +239,18 @@ def test_counts_and_backlog_age(store: JobStore, clock: Clock) -> None:
     assert counts[JobStatus.RUNNING] == 1
     assert counts[JobStatus.DONE] == 0
     assert store.oldest_queued_age() == pytest.approx(11.0)
+
+
+def test_a_row_stored_with_raw_fields_reads_back_typed() -> None:
+    # rows written before options were typed keep their form's raw text fields; they are validated once on read
+    stored = {"fields": {"language": "english", "response_format": "srt", "word_timestamps": "true", "x": "1"},
+              "webhook_url": "https://example.com/hook", "filename": "a.wav", "base_url": "http://h/"}  # fmt: skip
+    request = JobRequest.from_json(json.dumps(stored))
+    assert request == JobRequest(
+        TranscriptionOptions(language="en", word_timestamps=True),
+        "srt",
+        "https://example.com/hook",
+        "a.wav",
+        "http://h/",
+    )
+    assert JobRequest.from_json(request.to_json()) == request

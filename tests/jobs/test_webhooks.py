@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.jobs.client import STARTUP_SECONDS, WEBHOOK_SECRET, jobs_env, submit, submitted, wait_until_over
-from tests.service import ServiceProcess, wait_until
+from harness.jobs_client import STARTUP_SECONDS, WEBHOOK_SECRET, jobs_env, submit, submitted, wait_until_over
+from harness.service import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from whisper.audio import SAMPLE_RATE
 from app.contract import Reason, read_waveform
 from app.web.audio import check_samples, decode_upload, ffmpeg_decode_command
 from app.web.errors import RequestError, status_of
-from tests.speech import duration_seconds
+from harness.speech import duration_seconds
 
 
 def decode(source: Path, tmp_path: Path) -> tuple[float, np.ndarray]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.contract import Segment, Transcript, Word
-from app.web.formats import TEXT_WRITERS, to_text, verbose_json
+from app.web.formats import TEXT_WRITERS, format_timestamp, to_text, verbose_json
 
 EXPECTED = Path(__file__).parent / "data"
 
@@ -59,3 +59,23 @@ def test_verbose_json_carries_openai_fields(transcript: Transcript) -> None:
     assert [s["id"] for s in body["segments"]] == [0, 1, 2]
     assert body["words"] == [{"word": "The", "start": 0.0, "end": 0.4}, {"word": "quick", "start": 0.4, "end": 0.8}]
     assert "words" not in verbose_json(transcript, "transcribe", include_words=False)
+
+
+def test_the_contracts_audio_constants_and_languages_are_openai_whispers() -> None:
+    import whisper.audio
+    import whisper.tokenizer
+
+    from app import contract
+
+    assert (contract.SAMPLE_RATE, contract.HOP_LENGTH) == (whisper.audio.SAMPLE_RATE, whisper.audio.HOP_LENGTH)
+    assert contract.LANGUAGES == whisper.tokenizer.LANGUAGES
+    assert contract.TO_LANGUAGE_CODE == whisper.tokenizer.TO_LANGUAGE_CODE
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.0005, 1.9995, 59.9999, 3599.9996, 3600.0, 86400.123, 1234.5678])
+def test_timestamps_are_written_as_openai_whisper_writes_them(seconds: float) -> None:
+    import whisper.utils
+
+    for hours in (True, False):
+        for marker in (".", ","):
+            assert format_timestamp(seconds, hours, marker) == whisper.utils.format_timestamp(seconds, hours, marker)

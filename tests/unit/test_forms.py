@@ -11,12 +11,14 @@ from app.web.forms import (
     NativeTranscribeForm,
     OpenAITranscriptionForm,
     OpenAITranslationForm,
+    ServedModel,
     UploadForm,
 )
 from app.web.schema import form_schema
 from app.web.uploads import Upload
 
-SERVED = ("whisper-1", "tiny.en")
+SERVED = ServedModel(("whisper-1", "tiny.en"))
+ENGLISH_ONLY = ServedModel(("whisper-1", "tiny.en"), english_only=True)
 
 
 def form(kind: type[UploadForm], lists: dict[str, list[str]] | None = None, **fields: str) -> UploadForm:
@@ -60,8 +62,8 @@ def test_prompt_wins_over_its_alias_and_response_format_over_output() -> None:
     [
         ({"language": "klingon"}, "language", "ISO-639-1"),
         ({"task": "summarise"}, "task", "task must be one of transcribe, translate"),
-        ({"temperature": "hot"}, "temperature", "a number between 0 and 1"),
-        ({"temperature": "1.5"}, "temperature", "between 0 and 1"),
+        ({"temperature": "hot"}, "temperature", "a number from 0 to 1"),
+        ({"temperature": "1.5"}, "temperature", "a number from 0 to 1"),
         ({"word_timestamps": "maybe"}, "word_timestamps", "true or false"),
         ({"response_format": "docx"}, "response_format", "must be one of"),
     ],
@@ -156,3 +158,57 @@ def test_streaming_is_refused_in_words_not_ignored() -> None:
     assert form(OpenAITranscriptionForm, model="whisper-1", stream="false").stream is False
     error = refusal(OpenAITranscriptionForm, model="whisper-1", stream="true").error
     assert error.param == "stream" and "not supported" in error.message
+
+
+NUMBERS_NO_RECORDING_NEEDS = ["Infinity", "-Infinity", "NaN", "1e999", "-1e999", "9" * 401, "-1"]
+
+
+@pytest.mark.parametrize("number", NUMBERS_NO_RECORDING_NEEDS)
+@pytest.mark.parametrize("key", ["threshold", "prefix_padding_ms", "silence_duration_ms"])
+def test_server_vad_numbers_past_any_range_are_refused_naming_the_field(key: str, number: str) -> None:
+    as_json = f'{{"type": "server_vad", "{key}": {number}}}'
+    bracketed = {"chunking_strategy[type]": "server_vad", f"chunking_strategy[{key}]": number}
+    for fields in ({"chunking_strategy": as_json}, bracketed):
+        refused = refusal(OpenAITranscriptionForm, model="whisper-1", **fields)
+        assert (refused.error.reason, refused.error.param) == (Reason.BAD_OPTION, "chunking_strategy")
+        assert key in str(refused)
+
+
+@pytest.mark.parametrize("number", NUMBERS_NO_RECORDING_NEEDS)
+def test_temperatures_past_any_range_are_refused_naming_the_field(number: str) -> None:
+    for kind, extra in ((NativeTranscribeForm, {}), (OpenAITranscriptionForm, {"model": "whisper-1"})):
+        refused = refusal(kind, temperature=number, **extra)
+        assert (refused.error.reason, refused.error.param) == (Reason.BAD_OPTION, "temperature")
+
+
+def test_server_vad_takes_whole_milliseconds_up_to_a_minute() -> None:
+    strategy = '{"type": "server_vad", "threshold": 0.25, "prefix_padding_ms": 0, "silence_duration_ms": 60000}'
+    options = form(OpenAITranscriptionForm, model="whisper-1", chunking_strategy=strategy).work
+    assert isinstance(options, TranscriptionOptions)
+    assert options.vad_parameters == VadParameters(threshold=0.25, speech_pad_ms=0, min_silence_ms=60000)
+    for wrong in ('"prefix_padding_ms": 1.5', '"silence_duration_ms": 60001', '"threshold": true'):
+        strategy = f'{{"type": "server_vad", {wrong}}}'
+        assert refusal(OpenAITranscriptionForm, model="whisper-1", chunking_strategy=strategy).error.param == (
+            "chunking_strategy"
+        )
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "param"),
+    [
+        (NativeTranscribeForm, {"language": "fr"}, "language"),
+        (NativeTranscribeForm, {"task": "translate"}, "model"),
+        (OpenAITranscriptionForm, {"model": "whisper-1", "language": "de"}, "language"),
+        (OpenAITranslationForm, {"model": "whisper-1"}, "model"),
+    ],
+)
+def test_an_english_only_model_refuses_other_languages_and_translation_at_once(
+    kind: type[UploadForm], fields: dict[str, str], param: str
+) -> None:
+    with pytest.raises(RequestError) as raised:
+        kind.from_upload(Upload(fields=fields), ENGLISH_ONLY)
+    assert (raised.value.error.reason, raised.value.error.param) == (Reason.BAD_OPTION, param)
+    assert "tiny.en is English-only" in str(raised.value)
+    english = {**fields, "language": "en"} if "language" in fields else None
+    if english is not None:
+        assert kind.from_upload(Upload(fields=english), ENGLISH_ONLY).work.language == "en"  # type: ignore[union-attr]

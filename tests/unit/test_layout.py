@@ -7,6 +7,8 @@ shared modules but never the other side, so what crosses the queue is visible in
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,49 @@ def test_litserve_internals_are_named_in_the_adapter_alone() -> None:
         if path.name != "litserve_adapter.py"
     }
     assert not {module: names for module, names in users.items() if names}
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level package of every module `path` imports."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+    return names
+
+
+WEB_MODULES = sorted((APP / "web").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", WEB_MODULES, ids=lambda p: module_name(p))
+def test_the_web_side_does_not_import_openai_whisper(path: Path) -> None:
+    # the sample rate, hop and languages come from the contract: an HTTP process needs neither whisper nor torch
+    assert "whisper" not in top_level_imports(path), f"{module_name(path)} imports openai-whisper"
+
+
+def test_importing_every_web_module_loads_no_openai_whisper() -> None:
+    modules = [module_name(path) for path in WEB_MODULES]
+    program = "\n".join(
+        [
+            "import importlib, sys",
+            f"for name in {modules!r}: importlib.import_module(name)",
+            "print('whisper' in sys.modules)",
+        ]
+    )
+    loaded = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=APP.parent)
+    assert loaded.stdout.strip() == "False"
+
+
+REPOSITORY = APP.parent
+# tests and scripts share their helpers through harness/, and never import each other
+NEVER_IMPORTS = {"tests": {"scripts"}, "scripts": {"tests"}, "harness": {"tests", "scripts"}}
+TOOLING_MODULES = sorted(p for folder in NEVER_IMPORTS for p in (REPOSITORY / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", TOOLING_MODULES, ids=lambda p: str(p.relative_to(REPOSITORY)))
+def test_tests_and_scripts_share_helpers_through_harness_alone(path: Path) -> None:
+    folder = path.relative_to(REPOSITORY).parts[0]
+    crossed = top_level_imports(path) & NEVER_IMPORTS[folder]
+    assert not crossed, f"{path.relative_to(REPOSITORY)} imports {sorted(crossed)}: share it through harness/"

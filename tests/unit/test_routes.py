@@ -28,6 +28,7 @@ from app.contract import (
     read_waveform,
 )
 from app.web.admission import HEALTH_PATH, Admission, HealthGate, Phase
+from app.web.forms import ServedModel
 from app.web.request_log import RequestLogMiddleware
 from app.web.routes import TranscriptionRoutes
 from app.web.security import ApiKeyMiddleware
@@ -71,7 +72,7 @@ class Web:
         self.upload_dir.mkdir()
         config = Settings(tmp_dir=self.upload_dir, **settings)  # type: ignore[arg-type]
         self.admission = Admission(config.max_queue)
-        self.routes = TranscriptionRoutes(config, self.admission, "tiny.en")
+        self.routes = TranscriptionRoutes(config, self.admission, ServedModel(("whisper-1", "tiny.en")))
         self.worker = StandInWorker(answer)
         self.routes.worker_client = self.worker  # type: ignore[assignment]
         app = FastAPI()

@@ -94,10 +94,11 @@ def test_transcripts_keep_times_in_order_inside_the_audio() -> None:
         timed = tuple(Word("w", a, b, 1.0) for a, b in words)
         return Segment(start, end, " w", (), 0.0, -0.1, 1.0, 0.0, words=timed)
 
-    # a follow-up's segment (27.2-29) arrives after the window's next one, and its first word overlaps
+    # a follow-up's segment (27.2-29) arrives after the window's next one, and its first word overlaps;
+    # each segment ends where the next begins, its words cut there too
     tidy = in_order(
         [segment(28.0, 31.0, (28.0, 31.0)), segment(20.0, 27.5, (27.0, 27.5)), segment(27.2, 29.0, (27.25, 28.0))], 30.0
     )
-    assert [(s.start, s.end) for s in tidy] == [(20.0, 27.5), (27.2, 29.0), (28.0, 30.0)]
+    assert [(s.start, s.end) for s in tidy] == [(20.0, 27.2), (27.2, 28.0), (28.0, 30.0)]
     words = [(w.start, w.end) for s in tidy for w in s.words]
-    assert words == [(27.0, 27.5), (27.5, 28.0), (28.0, 30.0)]
+    assert words == [(27.0, 27.2), (27.5, 28.0), (28.0, 30.0)]

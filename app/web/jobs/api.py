@@ -1,42 +1,46 @@
 """The /v1/jobs routes: submit an upload as a job, poll it, fetch its result, cancel it, list one's own jobs.
 
-A job belongs to the API key that created it (a hash of it); every route answers only for the caller's jobs.
+A job's upload comes in through the same intake as /transcribe's (pace, tmpfs, typed form, admission after the
+body, drain): a job differs only in where its outcome goes. It belongs to the API key that created it (a hash
+of it); every route answers only for the caller's jobs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from app import metrics
 from app.config import Settings
 from app.contract import ItemError, Reason
-from app.web.admission import Admission
 from app.web.audio import probe_upload, too_long
 from app.web.errors import REFUSALS, RequestError, retry_after
+from app.web.formats import BODY_WRITERS, response_of
+from app.web.intake import Intake, Received, UploadRoute
 from app.web.jobs.files import JobAudio, budget_full
-from app.web.jobs.model import OPEN_OWNER, Job, JobRequest, JobStatus, owner_of_key
+from app.web.jobs.model import OPEN_OWNER, Job, JobForm, JobRequest, JobStatus, owner_of_key
 from app.web.jobs.runner import JobRunner
 from app.web.jobs.store import JobStore
 from app.web.jobs.threads import STORE_THREADS, WEBHOOK_THREADS
 from app.web.jobs.transcripts import transcript_from_json
 from app.web.jobs.webhook import check_webhook_url
 from app.web.native_api import error_response
-from app.web.routes import STORAGE_FULL_ERRNOS, render
 from app.web.security import presented_keys
 
 JOBS_PATH = "/v1/jobs"
+JOB_ROUTE = UploadRoute(JOBS_PATH, JobForm, error_response)
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
+# what a job id looks like (uuid4 hex): a paging cursor must be one
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass
@@ -46,7 +50,7 @@ class Jobs:
     settings: Settings
     store: JobStore
     audio: JobAudio
-    admission: Admission
+    intake: Intake
     runner: JobRunner
     # the configured API keys; a job's owner is the hash of the one its creator presented
     api_keys: tuple[str, ...] = ()
@@ -64,10 +68,14 @@ def iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
 
 
-def rendered_result(job: Job) -> Response:
-    """The result as /transcribe would have answered with the job's options and response_format."""
+def result_body(job: Job) -> tuple[str, dict[str, object] | str]:
+    """The done job's response format and its result in it, as /transcribe would have answered."""
     assert job.result is not None
-    return render(job.request.form(), transcript_from_json(job.result))
+    asked = job.request
+    body = BODY_WRITERS[asked.response_format](
+        transcript_from_json(job.result), asked.options.task, asked.include_words
+    )
+    return asked.response_format, body
 
 
 def job_body(job: Job, with_result: bool) -> dict[str, object]:
@@ -77,7 +85,7 @@ def job_body(job: Job, with_result: bool) -> dict[str, object]:
         "id": job.id,
         "status": job.status.value,
         "filename": job.request.filename,
-        "response_format": job.request.fields.get("response_format") or job.request.fields.get("output") or None,
+        "response_format": job.request.response_format,
         "created_at": iso(job.created_at),
         "started_at": iso(started),
         "finished_at": iso(job.finished_at),
@@ -96,9 +104,7 @@ def job_body(job: Job, with_result: bool) -> dict[str, object]:
         "error": job.error,
     }
     if with_result and job.status is JobStatus.DONE:
-        rendered = rendered_result(job)
-        text = bytes(rendered.body).decode()
-        body["result"] = json.loads(text) if isinstance(rendered, JSONResponse) else text
+        body["result"] = result_body(job)[1]
     return body
 
 
@@ -123,58 +129,49 @@ def add_job_routes(app: FastAPI, jobs: Jobs) -> None:
     settings = jobs.settings
 
     async def submit(request: Request) -> Response:
-        owner = jobs.owner(request)
-        job_id = uuid.uuid4().hex
-        started = time.monotonic()
-        try:
-            with jobs.admission.admit():
-                job = await asyncio.wait_for(receive(request, owner, job_id), settings.request_timeout)
-        except (RequestError, OSError, asyncio.TimeoutError) as failure:
-            jobs.audio.delete(job_id)
-            problem = item_error(failure, settings.request_timeout)
-            metrics.ERRORS.labels(problem.reason.value).inc()
-            response = refusal(problem)
-        except BaseException:
-            jobs.audio.delete(job_id)
-            raise
-        else:
-            jobs.runner.wake()
-            location = f"{JOBS_PATH}/{job.id}"
-            response = JSONResponse(job_body(job, with_result=False), status_code=202, headers={"Location": location})
-        metrics.REQUESTS.labels(JOBS_PATH, str(response.status_code)).inc()
-        metrics.REQUEST_SECONDS.labels(JOBS_PATH).observe(time.monotonic() - started)
-        return response
+        async def accept(received: Received) -> Response:
+            return await accepted(request, received)
 
-    async def receive(request: Request, owner: str, job_id: str) -> Job:
-        kept = await STORE_THREADS.run(jobs.store.audio_bytes_kept)
-        upload = await jobs.audio.receive(
-            request, job_id, int(settings.max_upload_mb * 1e6), max(0, settings.jobs_max_bytes - kept)
-        )
-        if upload.file_size == 0:
-            raise RequestError(Reason.EMPTY_UPLOAD, "the uploaded file is empty")
-        fields = dict(upload.fields)
-        webhook_url = fields.pop("webhook_url", "").strip() or None
-        job_request = JobRequest(fields, webhook_url, upload.file_name, str(request.base_url))
-        job_request.form()  # refuses bad options now, with the same 400s as /transcribe
-        if webhook_url:
+        return await jobs.intake.serve(request, JOB_ROUTE, accept)
+
+    async def accepted(request: Request, received: Received) -> Response:
+        """Keep a received upload as a queued job; raises RequestError where it cannot become one."""
+        form = received.form
+        assert isinstance(form, JobForm)
+        if form.webhook_url:
             if settings.webhook_secret is None:
                 raise RequestError(
                     Reason.BAD_OPTION,
                     "this server signs no webhooks (WHISPER_WEBHOOK_SECRET is unset), so it sends none",
                     param="webhook_url",
                 )
-            await WEBHOOK_THREADS.run(check_webhook_url, webhook_url, settings.webhook_allow_private)
-        probe = await probe_upload(jobs.audio.path(job_id), settings.request_timeout)
+            await WEBHOOK_THREADS.run(check_webhook_url, form.webhook_url, settings.webhook_allow_private)
+        probe = await probe_upload(received.files.upload, settings.request_timeout)
         if probe.duration is not None and probe.duration > settings.max_audio_seconds:
             raise too_long(probe.duration, settings.max_audio_seconds)
-        added = await STORE_THREADS.run(
-            jobs.store.add, job_id, owner, job_request, upload.file_size, settings.jobs_max_bytes
-        )
-        if not added:
+        size = received.upload.file_size
+        # checked before the upload is copied to the volume; the store's add decides, atomically, below
+        if await STORE_THREADS.run(jobs.store.audio_bytes_kept) + size > settings.jobs_max_bytes:
             raise budget_full(settings.jobs_max_bytes)
+        job_id = uuid.uuid4().hex
+        asked = JobRequest.of(form, received.upload.file_name, str(request.base_url))
+        # the file is in place before the job is queued, so a runner never claims a job without its audio
+        await jobs.audio.keep(received.files.upload, job_id)
+        try:
+            added = await STORE_THREADS.run(
+                jobs.store.add, job_id, jobs.owner(request), asked, size, settings.jobs_max_bytes
+            )
+            if not added:
+                raise budget_full(settings.jobs_max_bytes)
+        except BaseException:
+            jobs.audio.delete(job_id)
+            raise
+        jobs.runner.wake()
         job = await STORE_THREADS.run(jobs.store.get, job_id)
         assert job is not None
-        return job
+        return JSONResponse(
+            job_body(job, with_result=False), status_code=202, headers={"Location": f"{JOBS_PATH}/{job.id}"}
+        )
 
     async def status(job_id: str, request: Request) -> Response:
         job = await STORE_THREADS.run(jobs.store.get, job_id, jobs.owner(request))
@@ -189,7 +186,8 @@ def add_job_routes(app: FastAPI, jobs: Jobs) -> None:
         if job.status is not JobStatus.DONE:
             detail = f": {job.error}" if job.error else ""
             return error(Reason.JOB_NOT_DONE, f"job {job_id!r} is {job.status.value}{detail}")
-        return rendered_result(job)
+        response_format, body = result_body(job)
+        return response_of(response_format, body)
 
     async def cancel(job_id: str, request: Request) -> Response:
         owner = jobs.owner(request)
@@ -204,12 +202,19 @@ def add_job_routes(app: FastAPI, jobs: Jobs) -> None:
             return Response(status_code=204)
         return not_found(job_id)
 
-    async def recent(request: Request, limit: int = DEFAULT_PAGE, after: str | None = None) -> Response:
-        if not 1 <= limit <= MAX_PAGE:
-            return error_response(ItemError(Reason.BAD_OPTION, f"limit must be 1 to {MAX_PAGE}", param="limit"))
-        page = await STORE_THREADS.run(jobs.store.recent, jobs.owner(request), limit + 1, after)
-        more = len(page) > limit
-        page = page[:limit]
+    async def recent(
+        request: Request,
+        limit: str | None = Query(None, description=f"jobs per page, 1 to {MAX_PAGE} (default {DEFAULT_PAGE})"),
+        after: str | None = Query(None, description="next_after of the previous page"),
+    ) -> Response:
+        try:
+            size = page_size(limit)
+            cursor = page_cursor(after)
+        except RequestError as failure:
+            return refusal(failure.error)
+        page = await STORE_THREADS.run(jobs.store.recent, jobs.owner(request), size + 1, cursor)
+        more = len(page) > size
+        page = page[:size]
         return JSONResponse(
             {
                 "jobs": [job_body(job, with_result=False) for job in page],
@@ -239,12 +244,25 @@ def documented(reason: Reason) -> dict[int | str, dict[str, Any]]:
     return {refusal.status: {"description": f"reason: {reason.value} ({refusal.meaning})"}}
 
 
-def item_error(failure: Exception, timeout: float) -> ItemError:
-    """What a failed submission tells the client: our own verdicts, a full volume (507), or running out of time."""
-    if isinstance(failure, RequestError):
-        return failure.error
-    if isinstance(failure, OSError):
-        if failure.errno not in STORAGE_FULL_ERRNOS:
-            raise failure
-        return budget_full(0).error
-    return ItemError(Reason.TIMEOUT, f"the upload did not arrive within {timeout:g} s")
+def page_size(limit: str | None) -> int:
+    """?limit= as a number of jobs: a whole number from 1 to MAX_PAGE; raises RequestError naming it."""
+    text = (limit or "").strip()
+    if not text:
+        return DEFAULT_PAGE
+    # compared as text first: int() of 4,000 digits is slow, and anything that long is out of range anyway
+    if not (text.isascii() and text.isdigit() and len(text) <= 3 and 1 <= int(text) <= MAX_PAGE):
+        raise RequestError(
+            Reason.BAD_OPTION, f"limit must be a whole number from 1 to {MAX_PAGE}, not {text[:40]!r}", param="limit"
+        )
+    return int(text)
+
+
+def page_cursor(after: str | None) -> str | None:
+    """?after= as a job id (the next_after of the previous page); raises RequestError naming it."""
+    if after is None or not after.strip():
+        return None
+    if not JOB_ID.fullmatch(after.strip()):
+        raise RequestError(
+            Reason.BAD_OPTION, f"after must be a job id (the previous page's next_after), not {after[:40]!r}", "after"
+        )
+    return after.strip()

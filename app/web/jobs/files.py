@@ -5,13 +5,12 @@ The store counts the bytes (so every replica sees one budget); this module only 
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from pathlib import Path
-
-from starlette.requests import Request
 
 from app.contract import Reason
 from app.web.errors import RequestError
-from app.web.uploads import Upload, receive_upload
 
 UPLOAD_SUFFIX = ".upload"
 
@@ -38,15 +37,10 @@ class JobAudio:
     def delete(self, job_id: str) -> None:
         self.path(job_id).unlink(missing_ok=True)
 
-    async def receive(self, request: Request, job_id: str, max_upload_bytes: int, budget_left: int) -> Upload:
-        """Stream the job's upload to its file: 413 past the upload limit, 507 past what the budget has left."""
+    async def keep(self, received: Path, job_id: str) -> None:
+        """Move an upload received on the tmpfs to the job's file (a copy where they are different filesystems)."""
         try:
-            return await receive_upload(request, self.path(job_id), min(max_upload_bytes, budget_left))
-        except RequestError as error:
-            self.delete(job_id)
-            if error.error.reason is Reason.UPLOAD_TOO_LARGE and budget_left < max_upload_bytes:
-                raise budget_full(budget_left) from None
-            raise
+            await asyncio.to_thread(shutil.move, received, self.path(job_id))
         except BaseException:
             self.delete(job_id)
             raise

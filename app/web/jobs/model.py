@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BeforeValidator, WithJsonSchema
+from pydantic import BeforeValidator, Field, WithJsonSchema
 
-from app.web.forms import NativeTranscribeForm
+from app.contract import TranscriptionOptions, VadParameters
+from app.web.formats import TRANSCRIPTION_JSON
+from app.web.forms import NativeTranscribeForm, ServedModel, bad_option
 from app.web.uploads import Upload
 
 
@@ -47,41 +49,88 @@ def _url(value: object) -> str | None:
     return value.strip() or None if isinstance(value, str) else None
 
 
+def _not_streamed(value: object) -> bool:
+    if isinstance(value, str) and value.strip().lower() not in ("", "0", "false", "no", "off"):
+        raise bad_option("stream", "a job is not streamed: it answers with its id at once; poll GET /v1/jobs/{id}")
+    return False
+
+
+def _no_includes(value: object) -> tuple[str, ...]:
+    if value:
+        message = (
+            "include[] is not supported on jobs: openai-whisper's batched decode gives no per-token "
+            "log-probabilities; leave it out"
+        )
+        raise bad_option("include", message)
+    return ()
+
+
 WebhookUrl = Annotated[
     str | None,
     BeforeValidator(_url),
     WithJsonSchema({"type": "string", "format": "uri", "description": "http(s) URL told of the job's end"}),
 ]
+NotStreamed = Annotated[
+    bool,
+    BeforeValidator(_not_streamed),
+    WithJsonSchema({"type": "boolean", "description": "must be false: a job answers with its id, then is polled"}),
+]
+NoIncludes = Annotated[
+    tuple[str, ...],
+    BeforeValidator(_no_includes),
+    WithJsonSchema({"type": "array", "items": {"type": "string"}, "maxItems": 0}),
+]
 
 
 class JobForm(NativeTranscribeForm):
-    """POST /v1/jobs: every field of /transcribe, and where to tell of the job's end."""
+    """POST /v1/jobs: every field of /transcribe, and where to tell of the job's end.
+
+    What a job cannot do is refused, never ignored: streaming (stream=true) and log-probabilities (include[]).
+    """
 
     webhook_url: WebhookUrl = None
+    stream: NotStreamed = False
+    include: NoIncludes = Field((), alias="include[]")
 
 
 @dataclass(frozen=True)
 class JobRequest:
-    """What the client sent besides the audio: the form's text fields (options, format) and a webhook."""
+    """What the client asked of a job, validated once at submission and stored typed."""
 
-    fields: dict[str, str] = field(default_factory=dict)
+    options: TranscriptionOptions = field(default_factory=TranscriptionOptions)
+    response_format: str = TRANSCRIPTION_JSON
     webhook_url: str | None = None
+    # the name the client gave its file, for its own reference
     filename: str = ""
     # the service's address as the client reached it, for the result link in webhook calls
     base_url: str = ""
+
+    @classmethod
+    def of(cls, form: JobForm, filename: str, base_url: str) -> JobRequest:
+        options = form.work
+        assert isinstance(options, TranscriptionOptions)
+        return cls(options, form.response_format, form.webhook_url, filename, base_url)
+
+    @property
+    def include_words(self) -> bool:
+        return self.options.word_timestamps
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> JobRequest:
-        return cls(**json.loads(text))
-
-    def form(self) -> JobForm:
-        """The fields validated as /transcribe validates them (options and response_format)."""
-        form = JobForm.from_upload(Upload(fields=self.fields))
-        assert isinstance(form, JobForm)
-        return form
+        stored: dict[str, Any] = json.loads(text)
+        if "fields" in stored:
+            # a row stored before options were typed: its raw fields, validated once more as they were then
+            form = JobForm.from_upload(Upload(fields=stored.pop("fields")), ServedModel())
+            assert isinstance(form, JobForm)
+            legacy = cls.of(form, stored.get("filename", ""), stored.get("base_url", ""))
+            return replace(legacy, webhook_url=stored.get("webhook_url"))
+        options: dict[str, Any] = stored.pop("options")
+        vad = options.pop("vad_parameters")
+        typed = TranscriptionOptions(**options, vad_parameters=None if vad is None else VadParameters(**vad))
+        return cls(typed, **stored)
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,19 @@ from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
-from whisper.audio import SAMPLE_RATE
 
 from app import metrics
 from app.config import Settings
-from app.contract import WAVEFORM_DTYPE, ItemError, QueuedRequest, Reason, Reported, Transcript, TranscriptionOptions
+from app.contract import (
+    SAMPLE_RATE,
+    WAVEFORM_DTYPE,
+    ItemError,
+    QueuedRequest,
+    Reason,
+    Reported,
+    Transcript,
+    TranscriptionOptions,
+)
 from app.web.admission import Admission, Phase
 from app.web.audio import decode_upload
 from app.web.errors import RequestError
@@ -51,9 +59,9 @@ class Span(Protocol):
 
 # WorkerClient.run: hands one window to the model worker and awaits its answer
 SubmitWindow = Callable[[QueuedRequest, float, Callable[[], None]], Awaitable[Reported | ItemError]]
-# cuts a waveform into spans of at most the given samples at quiet points (the worker's split_waveform, given
-# by the wiring, as app/web does not import app/worker): (waveform, request_index, window_samples)
-WindowSplitter = Callable[[np.ndarray, int, int], Sequence[Span]]
+# cuts a job's waveform into job windows of at most the given samples at quiet points (the worker's
+# split_waveform, given by the wiring, as app/web does not import app/worker): (waveform, request_index, samples)
+JobWindowCutter = Callable[[np.ndarray, int, int], Sequence[Span]]
 
 # how often an idle runner looks for jobs queued by other processes and replicas
 POLL_SECONDS = 1.0
@@ -94,7 +102,7 @@ class JobRunner:
         audio: JobAudio,
         admission: Admission,
         submit: SubmitWindow,
-        splitter: WindowSplitter,
+        cut_windows: JobWindowCutter,
         webhooks: WebhookSender | None,
     ) -> None:
         self.settings = settings
@@ -102,7 +110,7 @@ class JobRunner:
         self.audio = audio
         self.admission = admission
         self.submit = submit
-        self.splitter = splitter
+        self.cut_windows = cut_windows
         self.webhooks = webhooks
         self._wake = asyncio.Event()
         self._deliveries: set[asyncio.Task[str]] = set()
@@ -197,8 +205,7 @@ class JobRunner:
 
     async def transcribe(self, claim: Claim, lost: asyncio.Event) -> Transcript:
         job = claim.job
-        options = job.request.form().work
-        assert isinstance(options, TranscriptionOptions)
+        options = job.request.options
         files = RequestFiles.create(self.settings.tmp_dir)
         try:
             upload = self.audio.path(job.id)
@@ -212,7 +219,7 @@ class JobRunner:
                 raise JobFailed(error.error.message) from None
             # mapped, not read: an hour of audio stays on the tmpfs, not in this process's memory
             waveform = np.memmap(files.waveform, dtype=WAVEFORM_DTYPE, mode="r")
-            windows = self.splitter(waveform, 0, round(self.settings.jobs_window_seconds * SAMPLE_RATE))
+            windows = self.cut_windows(waveform, 0, round(self.settings.jobs_window_seconds * SAMPLE_RATE))
             if not await STORE_THREADS.run(self.store.plan, claim, len(windows), seconds):
                 raise LeaseLost
             saved_json = await STORE_THREADS.run(self.store.saved_windows, job.id)

@@ -9,9 +9,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 
-from whisper.audio import HOP_LENGTH, SAMPLE_RATE
-
-from app.contract import Segment, Transcript, Word
+from app.contract import HOP_LENGTH, SAMPLE_RATE, Segment, Transcript, Word
 
 
 def transcript_to_json(transcript: Transcript) -> str:

@@ -40,7 +40,7 @@ def wait_until_ready(process: subprocess.Popen, url: str, timeout: float, logs: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{logs()}")
+            raise RuntimeError(f"the service process exited with {process.returncode}:\n{logs()}")
         try:
             if requests.get(url, timeout=1).status_code == 200:
                 return

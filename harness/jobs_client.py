@@ -6,7 +6,7 @@ from pathlib import Path
 
 import requests
 
-from tests.service import ServiceProcess, wait_until
+from harness.service import ServiceProcess, wait_until
 
 API_KEY = "jobs-test-key-0b9e41"
 WEBHOOK_SECRET = "jobs-webhook-secret-7a3c"
@@ -45,7 +45,7 @@ def submit(service: ServiceProcess, audio: Path, headers: dict | None = None, **
 
 def submitted(service: ServiceProcess, audio: Path, **form: str) -> str:
     """Submit and return the job's id, failing with the service's answer unless it is 202."""
-    response = submit(service, audio, **form)
+    response = submit(service, audio, service.auth_headers, **form)
     assert response.status_code == 202, response.text
     assert response.headers["Location"] == f"/v1/jobs/{response.json()['id']}"
     return response.json()["id"]
