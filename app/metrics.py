@@ -105,10 +105,10 @@ WEBHOOK_DELIVERIES = Counter(
 )
 
 REALTIME_SESSIONS = Gauge(
-    "whisper_realtime_sessions", "Live transcription sessions open (/v1/realtime).", multiprocess_mode="livesum"
+    "whisper_realtime_sessions_open", "Live transcription sessions open (/v1/realtime).", multiprocess_mode="livesum"
 )
 REALTIME_SESSIONS_TOTAL = Counter(
-    "whisper_realtime_sessions_total",
+    "whisper_realtime_sessions_ended_total",
     "Live transcription sessions by how they ended: closed (by the client), idle, refused (over the cap), error.",
     ["outcome"],
 )

@@ -188,6 +188,8 @@ class RealtimeRoute:
                 try:
                     received = await asyncio.wait_for(websocket.receive(), self.settings.realtime_idle_timeout)
                 except asyncio.TimeoutError:
+                    if session.tasks:
+                        continue  # still transcribing what the client sent: not idle
                     idle = f"no event for {self.settings.realtime_idle_timeout:g} s: the session is closed"
                     send(protocol.error_event(ProtocolError("idle_timeout", idle)))
                     outcome = "idle"
