@@ -33,14 +33,18 @@ async def stream(path: str, url: str, key: str | None) -> None:
                 audio = base64.b64encode(pcm[start : start + step] or bytes(step)).decode()
                 await socket.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
                 await asyncio.sleep(FRAME_SECONDS)
-            await socket.close()
 
         sender = asyncio.create_task(send_audio())
-        async for message in socket:
-            event = json.loads(message)
-            if event["type"] == "conversation.item.input_audio_transcription.completed":
+        waiting: set[str] = set()  # utterances committed and not yet transcribed
+        while not (sender.done() and not waiting):
+            event = json.loads(await asyncio.wait_for(socket.recv(), 120))
+            if event["type"] == "input_audio_buffer.committed":
+                waiting.add(event["item_id"])
+            elif event["type"] == "conversation.item.input_audio_transcription.completed":
+                waiting.discard(event["item_id"])
                 print(event["transcript"], flush=True)
-            elif event["type"] == "error":
+            elif event["type"] == "error" or event["type"].endswith(".failed"):
+                waiting.discard(event.get("item_id", ""))
                 print("error:", event["error"]["message"], flush=True)
         await sender
 
