@@ -124,6 +124,7 @@ def against_service(arguments: argparse.Namespace) -> dict[str, object]:
         "WHISPER_MAX_QUEUE": str(4 * (arguments.clients + arguments.sessions)),
         "WHISPER_REALTIME_MAX_SESSIONS": str(2 * arguments.sessions),
         "WHISPER_LOG_LEVEL": "warning",
+        "WHISPER_REALTIME_INTERIM_SECONDS": str(arguments.interim_seconds),
     }
     workdir = Path(tempfile.mkdtemp(prefix="bench-realtime-"))
     with ServiceProcess(workdir, load_settings().model_cache_dir, 600.0, **env) as service:
@@ -145,6 +146,7 @@ def against_service(arguments: argparse.Namespace) -> dict[str, object]:
     return {
         "sessions": arguments.sessions,
         "file_clients": arguments.clients,
+        "interim_seconds": arguments.interim_seconds,
         "live": summary(results[0]),
         "sessions_ended": opened,
         "file_rtf_alone": round(rtf_alone, 1),
@@ -170,6 +172,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--http-processes", type=int, default=4)
     parser.add_argument("--warmup", type=float, default=10.0)
+    parser.add_argument(
+        "--interim-seconds", type=float, default=0.0, help="WHISPER_REALTIME_INTERIM_SECONDS (--service)"
+    )
     parser.add_argument("--output", type=Path)
     arguments = parser.parse_args()
     if arguments.service:

@@ -28,7 +28,7 @@ IDLE_SECONDS = 8
 RATE = 24_000
 FRAME_BYTES = RATE // 10 * 2  # 100 ms of pcm16
 # generous: the 2-core CI machine transcribes with tiny.en beside other tests' load
-EVENT_SECONDS = 120.0
+EVENT_SECONDS = 300.0
 COMPLETED = "conversation.item.input_audio_transcription.completed"
 
 
@@ -40,6 +40,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> Ite
         WHISPER_API_KEY=KEY,
         WHISPER_REALTIME_MAX_SESSIONS=str(MAX_SESSIONS),
         WHISPER_REALTIME_IDLE_TIMEOUT=str(IDLE_SECONDS),
+        # interim passes (off by default) every 2 s of speech, so deltas before `completed` are exercised
+        WHISPER_REALTIME_INTERIM_SECONDS="2",
     ) as process:
         yield process
 
