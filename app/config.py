@@ -127,6 +127,15 @@ class Settings(BaseSettings):
     # seconds an upload may take before its average rate is judged
     upload_grace: float = Field(10.0, gt=0.0)
 
+    # live transcription sessions (/v1/realtime) open at once across the HTTP processes; more are refused
+    realtime_max_sessions: int = Field(100, ge=1, le=100_000)
+    # seconds a live session may send nothing before it is closed
+    realtime_idle_timeout: float = Field(60.0, gt=0.0)
+    # while an utterance is spoken, it is transcribed so far every this many seconds of speech, for interim
+    # deltas; each pass is one more window for the worker, so 0 (the default): the transcript comes once speech
+    # stops (at 2 s, 200 sessions on an H200 cut file throughput to 13%: benchmarks/README.md)
+    realtime_interim_seconds: float = Field(0.0, ge=0.0)
+
     @model_validator(mode="after")
     def _api_key_not_blank(self) -> Settings:
         # an empty WHISPER_API_KEY= looks like a key was set, and would silently leave every route open

@@ -242,6 +242,11 @@ class LanguageDetection:
 Work = TranscriptionOptions | LanguageDetection
 
 
+# a QueuedRequest's priority: the worker admits higher first (live speech ahead of uploads and job windows)
+NORMAL_PRIORITY = 0
+LIVE_PRIORITY = 1
+
+
 @dataclass(frozen=True)
 class QueuedRequest:
     """What the HTTP process puts on the worker queue: a waveform file on the tmpfs and the work asked of it."""
@@ -249,6 +254,8 @@ class QueuedRequest:
     waveform_path: str
     work: Work
     submitted_at: float  # time.monotonic(), which is system-wide on Linux
+    # someone waits on it live (a realtime session's utterance): its windows go ahead of those already waiting
+    priority: int = NORMAL_PRIORITY
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ class SteppedAPI(Protocol):
 
     def decode_request(self, request: QueuedRequest) -> Any: ...
 
-    def submit(self, uid: str, job: Any) -> None: ...
+    def submit(self, uid: str, job: Any, priority: int) -> None: ...
 
     def step(self) -> list[tuple[str, Reported]]: ...
 
@@ -129,7 +129,7 @@ class ContinuousLoop(LitLoop):
                     self._answer(transport, response_queue_id, uid, decoded)
                     continue
                 reply_to[uid] = response_queue_id
-                lit_api.submit(uid, decoded)
+                lit_api.submit(uid, decoded, job.priority)
             if lit_api.busy:
                 for uid, reported in lit_api.step():
                     self._answer(transport, reply_to.pop(uid), uid, reported)

@@ -104,6 +104,25 @@ WEBHOOK_DELIVERIES = Counter(
     ["outcome"],
 )
 
+REALTIME_SESSIONS = Gauge(
+    "whisper_realtime_sessions_open", "Live transcription sessions open (/v1/realtime).", multiprocess_mode="livesum"
+)
+REALTIME_SESSIONS_TOTAL = Counter(
+    "whisper_realtime_sessions_ended_total",
+    "Live transcription sessions by how they ended: closed (by the client), idle, refused (over the cap), error.",
+    ["outcome"],
+)
+REALTIME_UTTERANCES = Counter(
+    "whisper_realtime_utterances_total",
+    "Utterances of live sessions by outcome: completed, failed, abandoned (the client left before the transcript).",
+    ["outcome"],
+)
+REALTIME_LATENCY = Histogram(
+    "whisper_realtime_completed_seconds",
+    "From the end of an utterance (speech stopped, or the client's commit) to its completed transcript being sent.",
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30),
+)
+
 
 def clear_multiprocess_dir() -> None:
     """Forget values from an earlier run that used the same directory."""

@@ -25,6 +25,7 @@ from app.web.forms import OPENAI_MODEL_NAME, ServedModel
 from app.web.jobs.api import JOBS_PATH, add_job_routes
 from app.web.jobs.model import JobForm
 from app.web.jobs.wiring import build_jobs
+from app.web.realtime.route import REALTIME_PATH, RealtimeRoute, SessionSlots
 from app.web.request_log import RequestLogMiddleware
 from app.web.routes import ROUTES, TranscriptionRoutes
 from app.web.schema import describe_uploads
@@ -94,6 +95,14 @@ def build_server(settings: Settings) -> tuple[SupervisedLitServer, Supervisor]:
     server.app.add_api_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
     jobs = build_jobs(settings, spec.intake, spec.worker_client.run, split_waveform)
     add_job_routes(server.app, jobs)
+    realtime = RealtimeRoute(
+        settings,
+        admission,
+        SessionSlots(settings.realtime_max_sessions),
+        tuple(spec.served_models),
+        spec.worker_client.run,
+    )
+    server.app.add_api_websocket_route(REALTIME_PATH, realtime.endpoint())
     litserve_lifespan = server.app.router.lifespan_context
 
     @asynccontextmanager

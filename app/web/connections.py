@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
+import h11
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -86,8 +87,15 @@ class GuardedH11Protocol(H11Protocol):
 
     @property
     def waiting(self) -> bool:
-        """No request is under way: the connection is new, or idle after an answer."""
+        """No request is under way: the connection is new, or idle after an answer (never once it is a WebSocket)."""
+        if getattr(self, "upgraded", False):
+            return False
         return not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete)
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        # the transport now belongs to a WebSocket (/v1/realtime): no header deadline may close it
+        self.upgraded = True
+        super().handle_websocket_upgrade(event)
 
     def _arm_header_deadline(self) -> None:
         self.loop.call_later(self.limits.header_timeout, self._headers_due, self.cycle)

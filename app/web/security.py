@@ -1,5 +1,7 @@
 """WHISPER_API_KEY: every route but the open ones needs the key, as a bearer token or in X-API-Key.
 
+A WebSocket handshake may instead offer it as the subprotocol `openai-insecure-api-key.<key>`, as browsers do.
+
 Checked by an ASGI middleware before any route runs (so before a byte of an upload is read), compared
 in constant time; the key is never logged, and a refusal never echoes what the client sent.
 """
@@ -16,6 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.contract import ItemError, Reason
 
 BEARER_PREFIX = "bearer "
+# how a browser's WebSocket, which cannot set headers, offers the key (OpenAI's realtime convention)
+KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 REFUSAL = ItemError(
     Reason.UNAUTHORIZED,
     "this server needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
@@ -33,9 +37,16 @@ def presented_keys(headers: Headers) -> list[str]:
     return keys
 
 
-def key_matches(headers: Headers, key: bytes) -> bool:
-    # compare_digest takes time independent of where the strings differ; both offers are always compared
-    results = [hmac.compare_digest(offer.encode(), key) for offer in presented_keys(headers)]
+def subprotocol_keys(scope: Scope) -> list[str]:
+    """The keys a WebSocket handshake offers as subprotocols: `openai-insecure-api-key.<key>`."""
+    offered = scope.get("subprotocols", []) if scope["type"] == "websocket" else []
+    return [name[len(KEY_SUBPROTOCOL_PREFIX) :] for name in offered if name.startswith(KEY_SUBPROTOCOL_PREFIX)]
+
+
+def key_matches(scope: Scope, key: bytes) -> bool:
+    # compare_digest takes time independent of where the strings differ; every offer is always compared
+    offers = presented_keys(Headers(scope=scope)) + subprotocol_keys(scope)
+    results = [hmac.compare_digest(offer.encode(), key) for offer in offers]
     return any(results)
 
 
@@ -55,9 +66,15 @@ class ApiKeyMiddleware:
         self.render_error = render_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths or key_matches(Headers(scope=scope), self.key):
+        guarded = scope["type"] in ("http", "websocket") and scope["path"] not in self.open_paths
+        if not guarded or key_matches(scope, self.key):
             await self.app(scope, receive, send)
             return
         response = self.render_error(scope["path"], REFUSAL)
         response.headers["WWW-Authenticate"] = "Bearer"
+        if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+            # a server without denial responses can only refuse the handshake (clients see a 403)
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        # a WebSocket handshake is answered with this 401 instead of the upgrade (ASGI's denial response)
         await response(scope, receive, send)

@@ -18,6 +18,7 @@ import torch
 from app import metrics
 from app.config import ConfigurationError, Settings
 from app.contract import (
+    NORMAL_PRIORITY,
     ItemError,
     Outcome,
     PassStatistics,
@@ -117,10 +118,10 @@ class WhisperLitAPI(ls.LitAPI):
         """Whether any request is in the worker: in the slots, waiting for one, or aside."""
         return bool(self.aside) or (self.scheduler is not None and self.scheduler.busy)
 
-    def submit(self, uid: Hashable, job: AudioItem) -> None:
+    def submit(self, uid: Hashable, job: AudioItem, priority: int = NORMAL_PRIORITY) -> None:
         """A request joins the running decode at the next step (or goes aside, for the static way)."""
         if self.scheduler is not None and self.scheduler.takes(job):
-            self.scheduler.submit(uid, job)
+            self.scheduler.submit(uid, job, priority)
         else:
             self.aside.append((uid, job))
 

@@ -22,7 +22,7 @@ from whisper.decoding import DecodingResult, detect_language
 from whisper.tokenizer import Tokenizer
 from whisper.utils import compression_ratio
 
-from app.contract import ItemError, Outcome, Reason, TranscriptionOptions
+from app.contract import NORMAL_PRIORITY, ItemError, Outcome, Reason, TranscriptionOptions
 from app.worker import cuda_decoding
 from app.worker.cuda_decoding import GreedyPlan, greedy_plan
 from app.worker.engine import (
@@ -60,6 +60,8 @@ class _Request:
     key: Hashable
     job: AudioItem
     submitted_at: float
+    # QueuedRequest.priority: windows of a higher one wait ahead of those already waiting
+    priority: int = NORMAL_PRIORITY
     language: str | None = None
     decoded: list[tuple[tuple[int, int], DecodedWindow]] = field(default_factory=list)
     started_at: float | None = None
@@ -137,9 +139,9 @@ class ContinuousScheduler:
     def occupied(self) -> int:
         return self.decoder.occupied
 
-    def submit(self, key: Hashable, job: AudioItem) -> None:
+    def submit(self, key: Hashable, job: AudioItem, priority: int = NORMAL_PRIORITY) -> None:
         """`job` joins at the next step (split into windows there, together with every other new request)."""
-        self.arrived.append(_Request(key, job, time.monotonic()))
+        self.arrived.append(_Request(key, job, time.monotonic(), priority))
 
     def step(self) -> list[Finished]:
         """Split, admit, advance every slot one token, and answer the requests that ended; never raises:
@@ -190,10 +192,14 @@ class ContinuousScheduler:
                 request.language = request.options.language
             requests.append(request)
         windows = self.transcriber.split([request.job for request in requests]) if requests else []
+        urgent: list[_Window] = []
         for window in windows:
             request = requests[window.request_index]
-            self.waiting.append(_Window(request, window, (0, request.pending)))
+            item = _Window(request, window, (0, request.pending))
+            (urgent if request.priority > NORMAL_PRIORITY else self.waiting).append(item)
             request.pending += 1
+        # live speech is waited for as it is spoken: ahead of every window already waiting (job windows too)
+        self.waiting.extendleft(reversed(urgent))
         # VAD heard no speech: the engine's empty transcript
         answers += [self._finish(request) for request in requests if request.pending == 0]
         return answers

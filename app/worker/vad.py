@@ -1,89 +1,28 @@
 """Voice activity detection with Silero VAD, batched: speech spans of many waveforms at once, packed into windows.
 
-Silero's network (weights from the `silero-vad` package) runs over every 32 ms chunk of every waveform in one
-pass on the worker's device, its recurrent part as one nn.LSTM; silence never reaches whisper.
+Silero's network (app/silero.py) runs over every 32 ms chunk of every waveform in one pass on the worker's
+device, its recurrent part as one nn.LSTM; silence never reaches whisper.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.nn import functional
 from whisper.audio import N_SAMPLES, SAMPLE_RATE
 
 from app.contract import TranscriptionOptions, VadParameters
+from app.silero import CHUNK_SAMPLES, SileroNetwork, silero_weights
 from app.worker.engine import AudioItem
 from app.worker.windows import Window, split_waveform
 
-# Silero's 16 kHz network hears 512 new samples per step, with the 64 before them as context
-CHUNK_SAMPLES = 512
-CONTEXT_SAMPLES = 64
 # waveforms are cut into rows this long, decoded side by side; each row first hears WARM_UP_CHUNKS of the
 # audio before it, so its recurrent state is settled where its own probabilities begin
 ROW_CHUNKS = 1024
 WARM_UP_CHUNKS = 64
 # rows run through the network at once: a row's activations are some MB, so memory stays bounded
 ROWS_PER_PASS = 16
-
-
-def silero_weights() -> dict[str, Tensor]:
-    """The 16 kHz network's weights from the TorchScript file the silero-vad package ships.
-
-    The file is read without importing the package, whose import sets torch's thread count to 1.
-    """
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("the silero-vad package is not installed (pip install silero-vad)")
-    path = Path(spec.origin).parent / "data" / "silero_vad.jit"
-    scripted = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
-    prefix = "_model."
-    return {k[len(prefix) :]: v for k, v in scripted.state_dict().items() if k.startswith(prefix)}
-
-
-class SileroNetwork(nn.Module):
-    """Silero VAD v5/v6 (16 kHz): STFT, four convolutions, an LSTM and a sigmoid head, over chunk sequences."""
-
-    stft_basis: Tensor
-
-    def __init__(self, weights: dict[str, Tensor]) -> None:
-        super().__init__()
-        self.register_buffer("stft_basis", weights["stft.forward_basis_buffer"])
-        self.encoder = nn.ModuleList(
-            nn.Conv1d(inputs, outputs, kernel_size=3, stride=stride, padding=1)
-            for inputs, outputs, stride in ((129, 128, 1), (128, 64, 2), (64, 64, 2), (64, 128, 1))
-        )
-        self.rnn = nn.LSTM(128, 128, batch_first=True)
-        self.head = nn.Conv1d(128, 1, kernel_size=1)
-        # Silero's names -> ours: the same tensors, one LSTM layer where Silero steps an LSTMCell
-        renamed = {"stft_basis": weights["stft.forward_basis_buffer"]}
-        for index in range(len(self.encoder)):
-            for kind in ("weight", "bias"):
-                renamed[f"encoder.{index}.{kind}"] = weights[f"encoder.{index}.reparam_conv.{kind}"]
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            renamed[f"rnn.{name}_l0"] = weights[f"decoder.rnn.{name}"]
-        renamed["head.weight"] = weights["decoder.decoder.2.weight"]
-        renamed["head.bias"] = weights["decoder.decoder.2.bias"]
-        self.load_state_dict(renamed, strict=True)
-
-    def forward(self, audio: Tensor) -> Tensor:
-        """Speech probability of each 512-sample chunk: (rows, samples) -> (rows, samples // 512)."""
-        rows = audio.shape[0]
-        with_context = functional.pad(audio, (CONTEXT_SAMPLES, 0))
-        chunks = with_context.unfold(1, CHUNK_SAMPLES + CONTEXT_SAMPLES, CHUNK_SAMPLES)
-        steps = chunks.shape[1]
-        x = functional.pad(chunks.reshape(rows * steps, 1, -1), (0, CONTEXT_SAMPLES), mode="reflect")
-        x = functional.conv1d(x, self.stft_basis, stride=CHUNK_SAMPLES // 4)
-        half = x.shape[1] // 2
-        x = torch.sqrt(x[:, :half] ** 2 + x[:, half:] ** 2)
-        for conv in self.encoder:
-            x = torch.relu(conv(x))
-        hidden, _ = self.rnn(x.reshape(rows, steps, -1))
-        return torch.sigmoid(self.head(torch.relu(hidden).transpose(1, 2)))[:, 0, :]
 
 
 def row_starts(samples: int) -> list[int]:

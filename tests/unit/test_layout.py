@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 APP = Path(__file__).resolve().parents[2] / "app"
-# importable from both sides: what crosses the queue, the settings, the metrics and LitServe's adapter
-SHARED = {"app.contract", "app.config", "app.metrics", "app.litserve_adapter"}
+# importable from both sides: what crosses the queue, the settings, the metrics, LitServe's adapter, and Silero's
+# network (the worker's VAD over whole waveforms, live sessions' VAD over their streams)
+SHARED = {"app.contract", "app.config", "app.metrics", "app.litserve_adapter", "app.silero"}
 SIDES = ("app.web", "app.worker")
 # LitServe names that are not its public API; they may appear in app/litserve_adapter.py only
 LITSERVE_PRIVATE = (
