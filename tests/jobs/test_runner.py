@@ -24,7 +24,7 @@ from app.web.jobs.runner import JobRunner
 from app.web.jobs.store import JobStore
 from app.web.jobs.transcripts import transcript_to_json
 from app.worker.windows import split_waveform
-from tests.jobs.test_store import Clock
+from tests.jobs.test_store import OWNER_SECRET, Clock
 
 pytestmark = pytest.mark.unit
 
@@ -84,7 +84,7 @@ class Jobs:
             **settings,  # type: ignore[arg-type]
         )
         self.settings.tmp_dir.mkdir(parents=True)
-        self.store = JobStore.open(self.settings.jobs_db, self.clock)
+        self.store = JobStore.open(self.settings.jobs_db, OWNER_SECRET, self.clock)
         self.audio = JobAudio(self.settings.jobs_dir)
         self.admission = Admission(4)
         self.worker = worker

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.unit
 LEASE = 30.0
 TTL = 3600.0
 BUDGET = 1000
+OWNER_SECRET = b"store-test-owner-secret"
 
 
 class Clock:
@@ -34,7 +35,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def store(jobs_db: str, clock: Clock) -> JobStore:
-    return JobStore.open(jobs_db, clock)
+    return JobStore.open(jobs_db, OWNER_SECRET, clock)
 
 
 def queue(store: JobStore, clock: Clock, job_id: str, owner: str = "alice", audio_bytes: int = 10) -> None:

@@ -36,8 +36,13 @@ ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 OPEN_OWNER = "open"
 
 
+# where a done job's result is fetched (GET), as a webhook call names it
+RESULT_PATH = "/v1/jobs/{job_id}/result"
+
+
 def owner_of_key(key: str | None) -> str:
-    """The owner recorded for a job: a hash of the API key that created it, never the key itself."""
+    """Who a job belongs to: a hash of the API key that created it, never the key itself (the store keeps
+    only an HMAC of this, keyed with the owner secret)."""
     if not key:
         return OPEN_OWNER
     return hashlib.sha256(key.encode()).hexdigest()
