@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.web.jobs.model import JobRequest, JobStatus
-from app.web.jobs.store import JobStore
+from app.web.jobs.model import JobRequest, JobStatus, owner_of_key
+from app.web.jobs.store import JobStore, OwnerKeyChanged
 
 pytestmark = pytest.mark.unit
 
@@ -228,3 +230,37 @@ def test_counts_and_backlog_age(store: JobStore, clock: Clock) -> None:
     assert counts[JobStatus.RUNNING] == 1
     assert counts[JobStatus.DONE] == 0
     assert store.oldest_queued_age() == pytest.approx(11.0)
+
+
+def stored_owner(store: JobStore, job_id: str) -> str:
+    with store.backend.transaction(readonly=True) as tx:
+        return tx.execute("SELECT owner FROM whisper_jobs WHERE id = :id", {"id": job_id}).fetchone()["owner"]
+
+
+def test_the_owner_column_is_keyed_so_a_copy_of_the_store_cannot_test_key_guesses(
+    store: JobStore, clock: Clock
+) -> None:
+    owner = owner_of_key("the-api-key")
+    queue(store, clock, "j1", owner=owner)
+    kept = stored_owner(store, "j1")
+    assert kept == hmac.new(OWNER_SECRET, owner.encode(), hashlib.sha256).hexdigest()
+    # the unkeyed hash of the key, which anyone could compute from a guess, is nowhere in the row
+    assert owner not in kept and hashlib.sha256(b"the-api-key").hexdigest() != kept
+    assert store.get("j1", owner) is not None and store.recent(owner, 5)[0].id == "j1"
+
+
+def test_a_store_of_unkeyed_owners_is_migrated_once_and_another_key_is_refused(jobs_db: str, clock: Clock) -> None:
+    store = JobStore.open(jobs_db, OWNER_SECRET, clock)
+    owner = owner_of_key("the-api-key")
+    queue(store, clock, "old")
+    # the store as the release before keyed owners left it: no meta table, the key's plain SHA-256 as owner
+    with store.backend.transaction() as tx:
+        tx.execute("DROP TABLE whisper_store_meta")
+        tx.execute("UPDATE whisper_jobs SET owner = :owner", {"owner": owner})
+    migrated = JobStore.open(jobs_db, OWNER_SECRET, clock)
+    assert migrated.get("old", owner) is not None
+    assert stored_owner(migrated, "old") == hmac.new(OWNER_SECRET, owner.encode(), hashlib.sha256).hexdigest()
+    # opened again (a restart, another replica): not hashed twice
+    assert JobStore.open(jobs_db, OWNER_SECRET, clock).get("old", owner) is not None
+    with pytest.raises(OwnerKeyChanged):
+        JobStore.open(jobs_db, b"another secret", clock)
