@@ -10,6 +10,10 @@ from tests.service import ServiceProcess, wait_until
 
 API_KEY = "jobs-test-key-0b9e41"
 WEBHOOK_SECRET = "jobs-webhook-secret-7a3c"
+# the jobs service's attempts at each webhook call
+WEBHOOK_ATTEMPTS = 3
+# the jobs service's deadline for one webhook attempt: a receiver that never finishes answering is cut at it
+WEBHOOK_TIMEOUT_SECONDS = 4.0
 # given, so the tests can open the services' stores themselves (and none generates one in its job directory)
 OWNER_SECRET = "jobs-owner-secret-5d1f"
 # enough for the ten-minute Opus file and a minute of WAV, not for two minutes of WAV at once
