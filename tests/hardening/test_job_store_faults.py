@@ -1,5 +1,6 @@
-"""The job store failing under a running service, made for real: its volume remounted read-only, the SQLite
-header overwritten, the file deleted; an upload left by a crash; a damaged store at start.
+"""The job store failing under a running service, made for real: its volume remounted read-only, the upload
+directory alone bound read-only, the SQLite header overwritten, the file deleted; an upload left by a crash;
+a damaged store at start.
 
 Each answers in our JSON error shape (503 store_unavailable with Retry-After), counts in metrics, shows on
 /health/jobs while /health (transcription) stays up, and recovers when the volume does. The store lives on a
@@ -92,6 +93,21 @@ def test_a_read_only_store_volume_answers_503_and_shows_on_health_jobs_until_it_
     assert jobs_health(service).status_code == 200
     job_id = submitted(service, fox_wav, response_format="text")
     assert wait_until_over(service, job_id)["status"] == "done"
+
+
+def test_a_read_only_upload_directory_alone_answers_503_too(
+    service: ServiceProcess, store_volume: Path, fox_wav: Path
+) -> None:
+    uploads = str(store_volume / "job-uploads")
+    mount("--bind", uploads, uploads)
+    try:
+        mount("-o", "remount,bind,ro", uploads)
+        refused = submit(service, fox_wav, response_format="text")
+        assert answer_of(refused) == (503, "store_unavailable")
+        assert answer_of(jobs_health(service)) == (503, "store_unavailable")
+    finally:
+        subprocess.run(["umount", uploads], check=True)
+    assert jobs_health(service).status_code == 200
 
 
 def test_an_overwritten_header_then_a_deleted_store_answer_503_and_no_empty_store_appears(
