@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from app.config import ConfigurationError, Settings
 from app.web.jobs.model import JobRequest, JobStatus, owner_of_key
 from app.web.jobs.store import JobStore, OwnerKeyChanged
+from app.web.jobs.wiring import open_store
 
 pytestmark = pytest.mark.unit
 
@@ -264,3 +268,15 @@ def test_a_store_of_unkeyed_owners_is_migrated_once_and_another_key_is_refused(j
     assert JobStore.open(jobs_db, OWNER_SECRET, clock).get("old", owner) is not None
     with pytest.raises(OwnerKeyChanged):
         JobStore.open(jobs_db, b"another secret", clock)
+
+
+def test_an_unreachable_postgresql_store_is_unavailable_without_showing_its_password(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = Settings(jobs_db=f"postgresql://whisper:hunter2@127.0.0.1:{port}/jobs", jobs_dir=tmp_path)
+    with pytest.raises(ConfigurationError) as stopped:
+        open_store(settings)
+    message = str(stopped.value)
+    assert f"WHISPER_JOBS_DB=postgresql://127.0.0.1:{port}/jobs" in message and "reachable" in message
+    assert "hunter2" not in message

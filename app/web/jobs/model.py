@@ -72,7 +72,8 @@ class JobRequest:
     fields: dict[str, str] = field(default_factory=dict)
     webhook_url: str | None = None
     filename: str = ""
-    # the service's address as the client reached it, for the result link in webhook calls
+    # no longer read: webhooks' result_url comes from WHISPER_PUBLIC_URL, never a request's Host header; the
+    # field stays while the submission still fills it and rows written with it must read back
     base_url: str = ""
 
     def to_json(self) -> str:
