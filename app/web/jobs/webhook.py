@@ -100,8 +100,8 @@ def forbidden_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
     return not address.is_global or address.is_multicast or address.is_reserved or address.is_unspecified
 
 
-def resolve(target: WebhookTarget, allow_private: bool) -> str:
-    """The address to connect to: the first the host resolves to, once every one of them passed the check.
+def resolve(target: WebhookTarget, allow_private: bool) -> list[str]:
+    """The addresses to connect to, in the resolver's order, once every one of them passed the check.
 
     Every address counts: a name resolving to one public and one private address could reach either.
     """
@@ -118,7 +118,7 @@ def resolve(target: WebhookTarget, allow_private: bool) -> str:
                     f"webhook_url resolves to {address}, a private, loopback or otherwise non-public address; "
                     "the operator can allow those with WHISPER_WEBHOOK_ALLOW_PRIVATE"
                 )
-    return addresses[0]
+    return list(dict.fromkeys(addresses))
 
 
 def check_webhook_url(url: str, allow_private: bool) -> None:
@@ -131,13 +131,22 @@ def signature(secret: bytes, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-async def post(target: WebhookTarget, address: str, body: bytes, headers: dict[str, str]) -> int:
-    """POST `body` to `address` (the checked one; never resolved again), naming `target.host` in Host and, for
-    https, in SNI and the certificate check; returns the answer's status."""
+async def connect(target: WebhookTarget, addresses: list[str]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the first of `addresses` (the checked ones; the name is never resolved again) that
+    accepts, naming `target.host` in SNI and the certificate check for https."""
     tls = ssl.create_default_context() if target.scheme == "https" else None
-    reader, writer = await asyncio.open_connection(
-        address, target.port, ssl=tls, server_hostname=target.host if tls else None
-    )
+    hostname = target.host if tls else None
+    for address in addresses[:-1]:
+        try:
+            return await asyncio.open_connection(address, target.port, ssl=tls, server_hostname=hostname)
+        except OSError as error:
+            log.info("webhook to %s: %s refused (%s); trying its next address", target.host, address, error)
+    return await asyncio.open_connection(addresses[-1], target.port, ssl=tls, server_hostname=hostname)
+
+
+async def post(target: WebhookTarget, addresses: list[str], body: bytes, headers: dict[str, str]) -> int:
+    """POST `body` to the target at one of its checked addresses; returns the answer's status."""
+    reader, writer = await connect(target, addresses)
     try:
         http = h11.Connection(h11.CLIENT)
         fields = [("Host", target.host_header), *headers.items(), ("Content-Length", str(len(body)))]
@@ -192,9 +201,9 @@ class WebhookSender:
         # resolved and checked again at each attempt (the name may point elsewhere than at submission), and the
         # address checked is the one connected to: a second lookup could be answered differently
         async with asyncio.timeout(self.attempt_seconds):
-            address = await RESOLVER_THREADS.run(resolve, target, self.allow_private)
+            addresses = await RESOLVER_THREADS.run(resolve, target, self.allow_private)
             # a redirect could lead anywhere, private addresses included: it counts as a failed attempt
-            return await post(target, address, body, headers)
+            return await post(target, addresses, body, headers)
 
     async def deliver(self, url: str, payload: dict[str, object]) -> str:
         """Try up to `attempts` times; returns the outcome counted in whisper_webhook_deliveries_total."""
