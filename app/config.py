@@ -113,6 +113,14 @@ class Settings(BaseSettings):
     # attempts at delivering one webhook call, the first included; waits double from WHISPER_WEBHOOK_BACKOFF
     webhook_attempts: int = Field(5, ge=1, le=20)
     webhook_backoff: float = Field(1.0, gt=0.0, le=600.0)
+    # seconds one delivery attempt may take in all (resolving, connecting, sending, reading the status line)
+    webhook_timeout: float = Field(10.0, gt=0.0, le=600.0)
+    # the service's address as its clients reach it (https://whisper.example.com), for the result_url of
+    # webhook calls; unset, result_url is the path alone (the Host header of a request is never trusted for it)
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s/?#@\\]+(/[^\s?#]*)?$")
+    # key of the HMAC-SHA256 that keeps API keys' owners unguessable in the job store; unset, one is generated
+    # once and kept in WHISPER_JOBS_DIR/.owner-secret (replicas sharing a PostgreSQL store share that volume)
+    jobs_owner_secret: SecretStr | None = None
     # open connections per HTTP process (lowered at start-up to what the open-file limit allows); past it the
     # oldest connection still waiting for its request headers is closed, or, if none waits, the new one
     max_connections: int = Field(1000, ge=1, le=1_000_000)

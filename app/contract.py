@@ -169,6 +169,8 @@ class Reason(str, Enum):
     # the jobs API's own answers (never from a worker): no such job for this key, no result yet
     JOB_NOT_FOUND = "job_not_found"
     JOB_NOT_DONE = "job_not_done"
+    # the job store (WHISPER_JOBS_DB, WHISPER_JOBS_DIR) cannot be read or written
+    STORE_UNAVAILABLE = "store_unavailable"
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,13 @@ WEBHOOK_DELIVERIES = Counter(
     "Webhook attempts by outcome: delivered, retried (a failed attempt with more to come), failed, refused (URL).",
     ["outcome"],
 )
+JOB_STORE_ERRORS = Counter(
+    "whisper_job_store_errors_total",
+    "Job store operations that failed (WHISPER_JOBS_DB or WHISPER_JOBS_DIR unreadable, read-only or damaged).",
+)
+JOB_UPLOADS_SWEPT = Counter(
+    "whisper_job_uploads_swept_total", "Job uploads found in WHISPER_JOBS_DIR with no live job, and deleted."
+)
 
 REALTIME_SESSIONS = Gauge(
     "whisper_realtime_sessions_open", "Live transcription sessions open (/v1/realtime).", multiprocess_mode="livesum"

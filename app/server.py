@@ -23,6 +23,7 @@ from app.web.admission import HEALTH_PATH, Admission, HealthGate
 from app.web.connections import ConnectionLimits, HeaderLimits, connections_that_fit, guarded_protocol
 from app.web.forms import OPENAI_MODEL_NAME, ServedModel
 from app.web.jobs.api import JOBS_PATH, add_job_routes
+from app.web.jobs.health import JOBS_HEALTH_PATH, add_store_health
 from app.web.jobs.model import JobForm
 from app.web.jobs.wiring import build_jobs
 from app.web.realtime.route import REALTIME_PATH, RealtimeRoute, SessionSlots
@@ -58,7 +59,8 @@ def build_server(settings: Settings) -> tuple[SupervisedLitServer, Supervisor]:
         # continuous batching answers each request as its last window ends, from a loop of its own
         loop=ContinuousLoop() if continuous_batching(settings) else "auto",
     )
-    open_paths = frozenset({HEALTH_PATH} if settings.metrics_require_key else {HEALTH_PATH, METRICS_PATH})
+    probes = {HEALTH_PATH, JOBS_HEALTH_PATH}
+    open_paths = frozenset(probes if settings.metrics_require_key else {*probes, METRICS_PATH})
 
     def render_error(path: str, error: ItemError) -> Response:
         return spec.error_renderers.get(path, native_api.error_response)(error)
@@ -95,6 +97,7 @@ def build_server(settings: Settings) -> tuple[SupervisedLitServer, Supervisor]:
     server.app.add_api_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
     jobs = build_jobs(settings, spec.intake, spec.worker_client.run, split_waveform)
     add_job_routes(server.app, jobs)
+    add_store_health(server.app, jobs)
     realtime = RealtimeRoute(
         settings,
         admission,

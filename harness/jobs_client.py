@@ -10,6 +10,12 @@ from harness.service import ServiceProcess, wait_until
 
 API_KEY = "jobs-test-key-0b9e41"
 WEBHOOK_SECRET = "jobs-webhook-secret-7a3c"
+# the jobs service's attempts at each webhook call
+WEBHOOK_ATTEMPTS = 3
+# the jobs service's deadline for one webhook attempt: a receiver that never finishes answering is cut at it
+WEBHOOK_TIMEOUT_SECONDS = 4.0
+# given, so the tests can open the services' stores themselves (and none generates one in its job directory)
+OWNER_SECRET = "jobs-owner-secret-5d1f"
 # enough for the ten-minute Opus file and a minute of WAV, not for two minutes of WAV at once
 BUDGET_BYTES = 3_500_000
 # generous ceilings: a job of twenty windows, and three services loading their models at once, on a busy
@@ -26,6 +32,7 @@ def jobs_env(database: str | Path, jobs_dir: Path, **extra: str) -> dict[str, st
         "WHISPER_JOBS_DB": str(database),
         "WHISPER_JOBS_DIR": str(jobs_dir),
         "WHISPER_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "WHISPER_JOBS_OWNER_SECRET": OWNER_SECRET,
         # the window counts these tests expect: a minute and more of speech takes two job windows
         "WHISPER_JOBS_WINDOW_SECONDS": "60",
         **extra,

@@ -108,9 +108,9 @@ def summary(per_session: list[list[float]]) -> dict[str, object]:
 
 def against_service(arguments: argparse.Namespace) -> dict[str, object]:
     from app.config import load_settings
+    from harness.service import ServiceProcess
     from scripts.bench import closed_loop
     from scripts.bench_clips import load_clips
-    from tests.service import ServiceProcess
 
     clips, _ = load_clips(arguments.clips)
     payloads = {clip.file: (arguments.clips / clip.file).read_bytes() for clip in clips}

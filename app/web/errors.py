@@ -48,11 +48,14 @@ REFUSALS: dict[Reason, Refusal] = {
     ),
     Reason.JOB_NOT_FOUND: Refusal(404, "no job of that id for this API key, or it expired"),
     Reason.JOB_NOT_DONE: Refusal(409, "the job has no result: it is queued, running, failed or cancelled"),
+    Reason.STORE_UNAVAILABLE: Refusal(
+        503, "the job store (WHISPER_JOBS_DB or WHISPER_JOBS_DIR) cannot be read or written", retry_after=30
+    ),
 }
 
 
 # answered by the /v1/jobs routes about a stored job, never by an upload
-JOB_REASONS = frozenset({Reason.JOB_NOT_FOUND, Reason.JOB_NOT_DONE})
+JOB_REASONS = frozenset({Reason.JOB_NOT_FOUND, Reason.JOB_NOT_DONE, Reason.STORE_UNAVAILABLE})
 
 
 def status_of(error: ItemError) -> int:

@@ -19,8 +19,8 @@ import websockets
 from openai import OpenAI
 from websockets.asyncio.client import ClientConnection
 
-from tests.service import ServiceProcess, wait_until
-from tests.speech import SENTENCES, long_speech, speak
+from harness.service import ServiceProcess, wait_until
+from harness.speech import SENTENCES, long_speech, speak
 
 KEY = "realtime-test-key"
 MAX_SESSIONS = 3

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.jobs_client import BUDGET_BYTES, STARTUP_SECONDS, jobs_env
+from harness.jobs_client import BUDGET_BYTES, STARTUP_SECONDS, WEBHOOK_ATTEMPTS, WEBHOOK_TIMEOUT_SECONDS, jobs_env
 from harness.service import ServiceProcess
 from harness.speech import looped
 from tests.postgres import postgres_server
@@ -49,14 +49,18 @@ def few_minutes_speech(minute_long_wav: Path) -> Path:
 def jobs_service(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> Iterator[ServiceProcess]:
     """A service on SQLite with a key, a small upload budget and webhooks allowed to reach this host."""
     workdir = tmp_path_factory.mktemp("jobs-service")
-    with ServiceProcess(
+    service = ServiceProcess(
         workdir,
         model_cache_dir,
         STARTUP_SECONDS,
         **jobs_env(workdir / "jobs.db", workdir / "job-uploads"),
         WHISPER_JOBS_MAX_BYTES=str(BUDGET_BYTES),
         WHISPER_WEBHOOK_ALLOW_PRIVATE="1",
-        WHISPER_WEBHOOK_ATTEMPTS="3",
+        WHISPER_WEBHOOK_ATTEMPTS=str(WEBHOOK_ATTEMPTS),
         WHISPER_WEBHOOK_BACKOFF="0.2",
-    ) as process:
+        WHISPER_WEBHOOK_TIMEOUT=str(WEBHOOK_TIMEOUT_SECONDS),
+    )
+    # where its clients reach it, for webhooks' result_url (the port is only known once the process is made)
+    service.env["WHISPER_PUBLIC_URL"] = service.url
+    with service as process:
         yield process

@@ -12,7 +12,15 @@ import pytest
 
 from app.web.jobs.model import JobStatus
 from app.web.jobs.store import JobStore
-from harness.jobs_client import STARTUP_SECONDS, job, jobs_env, submitted, wait_until_over, wait_until_windows_done
+from harness.jobs_client import (
+    OWNER_SECRET,
+    STARTUP_SECONDS,
+    job,
+    jobs_env,
+    submitted,
+    wait_until_over,
+    wait_until_windows_done,
+)
 from harness.service import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.integration
@@ -48,7 +56,7 @@ def requests_transcribed(service: ServiceProcess) -> float:
 
 def stored_rows(jobs_db: str) -> int:
     """Rows in the jobs table, expired or not (the store's reads hide expired ones before the sweep runs)."""
-    with JobStore.open(jobs_db).backend.transaction() as tx:
+    with JobStore.open(jobs_db, OWNER_SECRET.encode()).backend.transaction() as tx:
         return tx.execute("SELECT COUNT(*) AS jobs FROM whisper_jobs").fetchone()["jobs"]
 
 
@@ -75,7 +83,7 @@ def interrupted_job_resumes_after_restart(
     job_id = submitted(first, audio, response_format="text")
     wait_until_windows_done(first, job_id, DONE_BEFORE_CRASH)
     crash(first)
-    at_crash = JobStore.open(jobs_db).get(job_id)
+    at_crash = JobStore.open(jobs_db, OWNER_SECRET.encode()).get(job_id)
     assert at_crash.status is JobStatus.RUNNING
     assert DONE_BEFORE_CRASH <= at_crash.windows_done < at_crash.windows_total
     second.start()

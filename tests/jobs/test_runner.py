@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ from app.web.jobs.runner import JobRunner
 from app.web.jobs.store import JobStore
 from app.web.jobs.transcripts import transcript_to_json
 from app.worker.windows import split_waveform
-from tests.jobs.test_store import Clock
+from tests.jobs.test_store import OWNER_SECRET, Clock
 
 pytestmark = pytest.mark.unit
 
@@ -93,8 +93,8 @@ class Jobs:
             jobs_window_seconds=30.0,
             **settings,  # type: ignore[arg-type]
         )
-        self.settings.tmp_dir.mkdir(parents=True)
-        self.store = JobStore.open(self.settings.jobs_db, self.clock)
+        self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore.open(self.settings.jobs_db, OWNER_SECRET, self.clock)
         self.audio = JobAudio(self.settings.jobs_dir)
         self.admission = Admission(4)
         self.worker = worker
@@ -198,3 +198,37 @@ def test_a_draining_service_hands_its_job_back_with_the_windows_it_finished(tmp_
     assert (job.status, job.windows_done) == (JobStatus.QUEUED, 2)
     assert jobs.audio.path("j").exists()
     assert sorted(jobs.store.saved_windows("j")) == [0, 1]
+
+
+def test_a_job_whose_upload_is_gone_fails_at_once_saying_so(tmp_path: Path, tone: Path) -> None:
+    jobs = Jobs(tmp_path, tone, StandInWorker())
+    jobs.audio.path("j").unlink()
+    jobs.run_claimed()
+    job = jobs.store.get("j")
+    # one claim, one clear verdict: not a lease left to lapse and claimed again until MAX_ATTEMPTS
+    assert (job.status, job.attempts) == (JobStatus.FAILED, 1)
+    assert "upload is gone" in job.error and "WHISPER_JOBS_DIR" in job.error
+    assert jobs.worker.calls == []
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs as WHISPER_TMP_DIR: no room for a decoded waveform. Needs CAP_SYS_ADMIN (CI runs as root)."""
+    tmp_dir = tmp_path / "tmp"
+    tmp_dir.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tmp_dir)], capture_output=True)
+    assert mounted.returncode == 0, f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}"
+    yield tmp_dir
+    subprocess.run(["umount", "--lazy", str(tmp_dir)], check=True)
+
+
+def test_a_job_that_cannot_be_decoded_for_a_full_tmpfs_fails_at_once_saying_so(
+    tmp_path: Path, tone: Path, full_tmpfs: Path
+) -> None:
+    jobs = Jobs(tmp_path, tone, StandInWorker())
+    jobs.run_claimed()
+    job = jobs.store.get("j")
+    assert (job.status, job.attempts) == (JobStatus.FAILED, 1)
+    assert "WHISPER_TMP_DIR" in job.error and "full" in job.error, job.error
+    assert not jobs.audio.path("j").exists()
+    assert list(full_tmpfs.iterdir()) == []

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from app.config import ConfigurationError, Settings
 from app.contract import TranscriptionOptions, VadParameters
-from app.web.jobs.model import JobRequest, JobStatus
-from app.web.jobs.store import JobStore
+from app.web.jobs.model import JobRequest, JobStatus, owner_of_key
+from app.web.jobs.store import JobStore, OwnerKeyChanged
+from app.web.jobs.wiring import open_store
 
 pytestmark = pytest.mark.unit
 
 LEASE = 30.0
 TTL = 3600.0
 BUDGET = 1000
+OWNER_SECRET = b"store-test-owner-secret"
 
 
 class Clock:
@@ -36,7 +43,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def store(jobs_db: str, clock: Clock) -> JobStore:
-    return JobStore.open(jobs_db, clock)
+    return JobStore.open(jobs_db, OWNER_SECRET, clock)
 
 
 def queue(store: JobStore, clock: Clock, job_id: str, owner: str = "alice", audio_bytes: int = 10) -> None:
@@ -254,3 +261,49 @@ def test_a_row_stored_with_raw_fields_reads_back_typed() -> None:
         "http://h/",
     )
     assert JobRequest.from_json(request.to_json()) == request
+
+
+def stored_owner(store: JobStore, job_id: str) -> str:
+    with store.backend.transaction(readonly=True) as tx:
+        return tx.execute("SELECT owner FROM whisper_jobs WHERE id = :id", {"id": job_id}).fetchone()["owner"]
+
+
+def test_the_owner_column_is_keyed_so_a_copy_of_the_store_cannot_test_key_guesses(
+    store: JobStore, clock: Clock
+) -> None:
+    owner = owner_of_key("the-api-key")
+    queue(store, clock, "j1", owner=owner)
+    kept = stored_owner(store, "j1")
+    assert kept == hmac.new(OWNER_SECRET, owner.encode(), hashlib.sha256).hexdigest()
+    # the unkeyed hash of the key, which anyone could compute from a guess, is nowhere in the row
+    assert owner not in kept and hashlib.sha256(b"the-api-key").hexdigest() != kept
+    assert store.get("j1", owner) is not None and store.recent(owner, 5)[0].id == "j1"
+
+
+def test_a_store_of_unkeyed_owners_is_migrated_once_and_another_key_is_refused(jobs_db: str, clock: Clock) -> None:
+    store = JobStore.open(jobs_db, OWNER_SECRET, clock)
+    owner = owner_of_key("the-api-key")
+    queue(store, clock, "old")
+    # the store as the release before keyed owners left it: no meta table, the key's plain SHA-256 as owner
+    with store.backend.transaction() as tx:
+        tx.execute("DROP TABLE whisper_store_meta")
+        tx.execute("UPDATE whisper_jobs SET owner = :owner", {"owner": owner})
+    migrated = JobStore.open(jobs_db, OWNER_SECRET, clock)
+    assert migrated.get("old", owner) is not None
+    assert stored_owner(migrated, "old") == hmac.new(OWNER_SECRET, owner.encode(), hashlib.sha256).hexdigest()
+    # opened again (a restart, another replica): not hashed twice
+    assert JobStore.open(jobs_db, OWNER_SECRET, clock).get("old", owner) is not None
+    with pytest.raises(OwnerKeyChanged):
+        JobStore.open(jobs_db, b"another secret", clock)
+
+
+def test_an_unreachable_postgresql_store_is_unavailable_without_showing_its_password(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = Settings(jobs_db=f"postgresql://whisper:hunter2@127.0.0.1:{port}/jobs", jobs_dir=tmp_path)
+    with pytest.raises(ConfigurationError) as stopped:
+        open_store(settings)
+    message = str(stopped.value)
+    assert f"WHISPER_JOBS_DB=postgresql://127.0.0.1:{port}/jobs" in message and "reachable" in message
+    assert "hunter2" not in message

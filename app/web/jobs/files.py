@@ -6,11 +6,20 @@ The store counts the bytes (so every replica sees one budget); this module only 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
+from app import metrics
 from app.contract import Reason
 from app.web.errors import RequestError
+from app.web.jobs.backends import StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 UPLOAD_SUFFIX = ".upload"
 
@@ -35,12 +44,43 @@ class JobAudio:
         return self.directory / f"{job_id}{UPLOAD_SUFFIX}"
 
     def delete(self, job_id: str) -> None:
-        self.path(job_id).unlink(missing_ok=True)
+        try:
+            self.path(job_id).unlink(missing_ok=True)
+        except OSError as error:
+            # a read-only or vanished volume: the file stays until a sweep finds it with no live job
+            log.warning("could not delete the upload of job %s: %s", job_id, error)
+
+    def probe(self) -> None:
+        """Write and delete a file here, as every job does: raises StoreUnavailable when that fails."""
+        probe = self.directory / f".probe-{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            metrics.JOB_STORE_ERRORS.inc()
+            raise StoreUnavailable(f"the server cannot keep job uploads now ({error.strerror})") from None
+
+    def untouched_for(self, seconds: float) -> set[str]:
+        """Ids of the kept uploads not written for `seconds`."""
+        before = time.time() - seconds
+        ids = set()
+        for path in self.directory.glob(f"*{UPLOAD_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < before:
+                    ids.add(path.name.removesuffix(UPLOAD_SUFFIX))
+        return ids
 
     async def keep(self, received: Path, job_id: str) -> None:
         """Move an upload received on the tmpfs to the job's file (a copy where they are different filesystems)."""
         try:
             await asyncio.to_thread(shutil.move, received, self.path(job_id))
+        except OSError as error:
+            self.delete(job_id)
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.error("cannot keep a job upload in WHISPER_JOBS_DIR %s: %s", self.directory, error)
+            metrics.JOB_STORE_ERRORS.inc()
+            raise StoreUnavailable(f"the server cannot keep job uploads now ({error.strerror}); retry later") from None
         except BaseException:
             self.delete(job_id)
             raise

@@ -38,8 +38,13 @@ ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 OPEN_OWNER = "open"
 
 
+# where a done job's result is fetched (GET), as a webhook call names it
+RESULT_PATH = "/v1/jobs/{job_id}/result"
+
+
 def owner_of_key(key: str | None) -> str:
-    """The owner recorded for a job: a hash of the API key that created it, never the key itself."""
+    """Who a job belongs to: a hash of the API key that created it, never the key itself (the store keeps
+    only an HMAC of this, keyed with the owner secret)."""
     if not key:
         return OPEN_OWNER
     return hashlib.sha256(key.encode()).hexdigest()
@@ -102,7 +107,8 @@ class JobRequest:
     webhook_url: str | None = None
     # the name the client gave its file, for its own reference
     filename: str = ""
-    # the service's address as the client reached it, for the result link in webhook calls
+    # no longer read: webhooks' result_url comes from WHISPER_PUBLIC_URL, never a request's Host header; the
+    # field stays while the submission still fills it and rows written with it must read back
     base_url: str = ""
 
     @classmethod

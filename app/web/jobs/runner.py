@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 import uuid
@@ -36,8 +37,9 @@ from app.contract import (
 from app.web.admission import Admission, Phase
 from app.web.audio import decode_upload
 from app.web.errors import RequestError
+from app.web.jobs.backends import StoreUnavailable
 from app.web.jobs.files import JobAudio
-from app.web.jobs.model import Claim, Job, JobStatus
+from app.web.jobs.model import RESULT_PATH, Claim, Job, JobStatus
 from app.web.jobs.store import JobStore
 from app.web.jobs.threads import STORE_THREADS
 from app.web.jobs.transcripts import joined, shifted, transcript_from_json, transcript_to_json
@@ -114,6 +116,8 @@ class JobRunner:
         self.webhooks = webhooks
         self._wake = asyncio.Event()
         self._deliveries: set[asyncio.Task[str]] = set()
+        # jobs whose webhook call this process is making: one call at a time per job
+        self._delivering: set[str] = set()
 
     def wake(self) -> None:
         """A job was just queued in this process: look now rather than at the next poll."""
@@ -148,14 +152,19 @@ class JobRunner:
                 await self.execute(claim)
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable as error:
+                # the store may be briefly unreachable (a PostgreSQL failover, a volume remounted): keep trying,
+                # one line each time rather than a traceback that says nothing more
+                log.warning("job runner: %s; retrying in %g s", error.error.message, POLL_SECONDS)
+                await asyncio.sleep(POLL_SECONDS)
             except Exception:
-                # the store may be briefly unreachable (a PostgreSQL failover): keep trying, loudly
                 log.exception("job runner error; retrying in %g s", POLL_SECONDS)
                 await asyncio.sleep(POLL_SECONDS)
 
     async def housekeeping(self) -> None:
         for job_id in await STORE_THREADS.run(self.store.expire):
             self.audio.delete(job_id)
+        await self.sweep_orphaned_uploads()
         counts = await STORE_THREADS.run(self.store.counts)
         for status, jobs in counts.items():
             metrics.JOBS.labels(status.value).set(jobs)
@@ -167,6 +176,19 @@ class JobRunner:
             for job in await STORE_THREADS.run(self.store.take_owed_webhooks, orphaned_after):
                 log.info("job %s: its webhook call was never settled; calling it now", job.id)
                 self.notify(job)
+
+    async def sweep_orphaned_uploads(self) -> None:
+        """Delete kept uploads that no queued or running job owns: left by a crash mid-upload, or by a delete
+        that failed. Only files untouched for longer than a submission may take, so no upload still arriving
+        (here or at another replica sharing the directory) is taken for an orphan."""
+        candidates = self.audio.untouched_for(self.settings.request_timeout + HOUSEKEEPING_SECONDS)
+        if not candidates:
+            return
+        live = await STORE_THREADS.run(self.store.ids_with_uploads)
+        for job_id in candidates - live:
+            log.warning("job upload %s has no live job (an interrupted submission?); deleting it", job_id)
+            self.audio.delete(job_id)
+            metrics.JOB_UPLOADS_SWEPT.inc()
 
     async def execute(self, claim: Claim) -> None:
         """Run one claimed job to its end, or hand it back; the lease is renewed throughout."""
@@ -181,6 +203,13 @@ class JobRunner:
             transcript = await self.transcribe(claim, lost)
         except JobFailed as failure:
             await self.finish(claim, JobStatus.FAILED, error=str(failure))
+        except StoreUnavailable:
+            # nothing can be recorded now; the lease lapses and the job runs again once the store is back
+            raise
+        except OSError as error:
+            # the tmpfs is full or unwritable: another round would meet the same, so the job ends now, told why
+            log.warning("job %s: its audio could not be prepared: %s", job.id, error)
+            await self.finish(claim, JobStatus.FAILED, error=audio_unprepared(error))
         except Interrupted:
             log.info("job %s: interrupted; back to the queue", job.id)
             await STORE_THREADS.run(self.store.release, claim)
@@ -210,7 +239,11 @@ class JobRunner:
         try:
             upload = self.audio.path(job.id)
             if not upload.exists():
-                raise LeaseLost
+                # cancelled meanwhile (then finish() finds the lease gone and changes nothing), or deleted outside
+                # the service: either way no later round could find it
+                raise JobFailed(
+                    "the job's upload is gone from the server's job directory (WHISPER_JOBS_DIR); submit it again"
+                )
             try:
                 seconds = await decode_upload(
                     upload, files.waveform, self.settings.request_timeout, self.settings.max_audio_seconds
@@ -263,20 +296,40 @@ class JobRunner:
     def notify(self, job: Job) -> None:
         """Call the ended job's webhook in the background; the store owes the call until the attempts end."""
         url = job.request.webhook_url
-        if url is None or self.webhooks is None:
+        if url is None or self.webhooks is None or job.id in self._delivering:
             return
         payload: dict[str, object] = {"id": job.id, "status": job.status.value, "result_url": None, "error": job.error}
-        if job.status is JobStatus.DONE and job.request.base_url:
-            payload["result_url"] = f"{job.request.base_url.rstrip('/')}/v1/jobs/{job.id}/result"
+        if job.status is JobStatus.DONE:
+            payload["result_url"] = result_url(self.settings.public_url, job.id)
 
         async def deliver(webhooks: WebhookSender) -> str:
-            outcome = await webhooks.deliver(url, payload)
-            await STORE_THREADS.run(self.store.webhook_settled, job.id)
-            return outcome
+            try:
+                outcome = await webhooks.deliver(url, payload)
+                await STORE_THREADS.run(self.store.webhook_settled, job.id)
+                return outcome
+            finally:
+                self._delivering.discard(job.id)
 
+        self._delivering.add(job.id)
         delivery = asyncio.create_task(deliver(self.webhooks))
         self._deliveries.add(delivery)
         delivery.add_done_callback(self._deliveries.discard)
+
+
+def result_url(public_url: str | None, job_id: str) -> str:
+    """Where the webhook's receiver fetches the result: under WHISPER_PUBLIC_URL, or the path alone.
+
+    Never from a request's Host header, which the client writes: a webhook must not point anyone elsewhere.
+    """
+    path = RESULT_PATH.format(job_id=job_id)
+    return f"{public_url.rstrip('/')}{path}" if public_url else path
+
+
+def audio_unprepared(error: OSError) -> str:
+    """A job's failure when its audio cannot be decoded or cut into windows on the tmpfs."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the server's upload directory (WHISPER_TMP_DIR) is full, so the job's audio could not be decoded"
+    return f"the job's audio could not be prepared in the server's upload directory (WHISPER_TMP_DIR): {error}"
 
 
 class WindowRun:

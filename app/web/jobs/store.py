@@ -6,11 +6,13 @@ the current lease may record progress or finish it, so a job interrupted anywher
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from app.web.jobs.backends import Backend, open_backend
+from app.web.jobs.backends import Backend, Transaction, open_backend
 from app.web.jobs.model import ACTIVE_STATUSES, Claim, Job, JobRequest, JobStatus
 
 SCHEMA = (
@@ -44,7 +46,16 @@ SCHEMA = (
         transcript TEXT NOT NULL,
         PRIMARY KEY (job_id, window_index)
     )""",
+    # facts about the store itself: which owner key its rows are hashed with, when it was last written
+    """CREATE TABLE IF NOT EXISTS whisper_store_meta (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
 )
+# the meta row naming the key the owner column is hashed with (a fingerprint of it, not the key)
+OWNER_KEY_ROW = "owner_key"
+# what the fingerprint is the HMAC of: a fixed message, so the row proves which key without revealing it
+FINGERPRINT_MESSAGE = b"whisper job store owner key"
 # a job that is free to claim: waiting, or running under a lease its holder stopped renewing
 CLAIMABLE = "(status = 'queued' OR (status = 'running' AND lease_until < :now))"
 # the holder's lease is current: the job is still running and nobody claimed it since
@@ -60,24 +71,73 @@ def job_of(row: Mapping[str, Any]) -> Job:
     return Job(**values)
 
 
+class OwnerKeyChanged(Exception):
+    """The store's owners were hashed with another key than the one given: its jobs would answer to nobody."""
+
+
+def owner_digest(secret: bytes, owner: str) -> str:
+    return hmac.new(secret, owner.encode(), hashlib.sha256).hexdigest()
+
+
 class JobStore:
     """Jobs in one database, shared by every HTTP process and replica that opens the same location.
 
-    >>> store = JobStore.open("/var/lib/whisper/jobs.sqlite3")
+    Owners are kept as HMAC-SHA256 keyed with `owner_secret`: a copy of the database alone does not let anyone
+    test guesses of an API key. Rows of a store written before that (an unkeyed hash) are rehashed on open.
+
+    >>> store = JobStore.open("/var/lib/whisper/jobs.sqlite3", owner_secret=b"...")
     >>> store.add("a1", "owner", JobRequest(), audio_bytes=10, max_bytes=10**9)
     True
     """
 
-    def __init__(self, backend: Backend, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, backend: Backend, owner_secret: bytes, clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
+        self.owner_secret = owner_secret
         self.clock = clock
         with backend.transaction(serialise="schema") as tx:
             for statement in SCHEMA:
                 tx.execute(statement)
+            self._key_owners(tx)
 
     @classmethod
-    def open(cls, location: str, clock: Callable[[], float] = time.time) -> JobStore:
-        return cls(open_backend(location), clock)
+    def open(cls, location: str, owner_secret: bytes, clock: Callable[[], float] = time.time) -> JobStore:
+        return cls(open_backend(location), owner_secret, clock)
+
+    def _key_owners(self, tx: Transaction) -> None:
+        """Hash every row's owner with the key, once per store; refuse a key other than the one rows carry."""
+        fingerprint = owner_digest(self.owner_secret, FINGERPRINT_MESSAGE.decode())
+        row = tx.execute("SELECT value FROM whisper_store_meta WHERE name = :name", {"name": OWNER_KEY_ROW}).fetchone()
+        if row is not None:
+            if not hmac.compare_digest(row["value"], fingerprint):
+                raise OwnerKeyChanged("the job store's owners were hashed with another owner secret")
+            return
+        for job in tx.execute("SELECT id, owner FROM whisper_jobs").fetchall():
+            tx.execute(
+                "UPDATE whisper_jobs SET owner = :owner WHERE id = :id",
+                {"id": job["id"], "owner": owner_digest(self.owner_secret, job["owner"])},
+            )
+        tx.execute(
+            "INSERT INTO whisper_store_meta (name, value) VALUES (:name, :value)",
+            {"name": OWNER_KEY_ROW, "value": fingerprint},
+        )
+
+    def _owner(self, owner: str) -> str:
+        return owner_digest(self.owner_secret, owner)
+
+    def probe(self) -> None:
+        """Write to the store, as every job does: raises StoreUnavailable when it cannot be written."""
+        with self.backend.transaction() as tx:
+            tx.execute(
+                """INSERT INTO whisper_store_meta (name, value) VALUES ('written_at', :now)
+                ON CONFLICT (name) DO UPDATE SET value = :now""",
+                {"now": repr(self.clock())},
+            )
+
+    def ids_with_uploads(self) -> set[str]:
+        """Ids of the jobs whose uploads are kept: every queued or running one."""
+        with self.backend.transaction(readonly=True) as tx:
+            rows = tx.execute("SELECT id FROM whisper_jobs WHERE status IN ('queued', 'running')").fetchall()
+        return {row["id"] for row in rows}
 
     def add(self, job_id: str, owner: str, request: JobRequest, audio_bytes: int, max_bytes: int) -> bool:
         """Queue a job whose upload is kept; False, and nothing added, when its audio would pass `max_bytes`."""
@@ -88,7 +148,7 @@ class JobStore:
                 WHERE (SELECT COALESCE(SUM(audio_bytes), 0) FROM whisper_jobs) + :bytes <= :max""",
                 {
                     "id": job_id,
-                    "owner": owner,
+                    "owner": self._owner(owner),
                     "request": request.to_json(),
                     "now": self.clock(),
                     "bytes": audio_bytes,
@@ -108,7 +168,7 @@ class JobStore:
         with self.backend.transaction(readonly=True) as tx:
             row = tx.execute(
                 f"SELECT * FROM whisper_jobs WHERE id = :id AND {LIVE}{owned}",
-                {"id": job_id, "owner": owner, "now": self.clock()},
+                {"id": job_id, "owner": None if owner is None else self._owner(owner), "now": self.clock()},
             ).fetchone()
         return job_of(row) if row else None
 
@@ -123,7 +183,7 @@ class JobStore:
             rows = tx.execute(
                 f"""SELECT * FROM whisper_jobs WHERE owner = :owner AND {LIVE}{cursor_clause}
                 ORDER BY created_at DESC, id DESC LIMIT :limit""",
-                {"owner": owner, "after": after, "limit": limit, "now": self.clock()},
+                {"owner": self._owner(owner), "after": after, "limit": limit, "now": self.clock()},
             ).fetchall()
         return [job_of(row) for row in rows]
 
@@ -263,7 +323,7 @@ class JobStore:
                 WHERE id = :id AND owner = :owner AND status IN (:queued, :running)""",
                 {
                     "id": job_id,
-                    "owner": owner,
+                    "owner": self._owner(owner),
                     "now": now,
                     "expires": now + ttl_seconds,
                     "queued": ACTIVE_STATUSES[0].value,
@@ -280,7 +340,7 @@ class JobStore:
         with self.backend.transaction() as tx:
             cursor = tx.execute(
                 "DELETE FROM whisper_jobs WHERE id = :id AND owner = :owner AND status NOT IN ('queued', 'running')",
-                {"id": job_id, "owner": owner},
+                {"id": job_id, "owner": self._owner(owner)},
             )
         return cursor.rowcount == 1
 

@@ -35,5 +35,6 @@ class Threads:
 
 # store calls are short; a few at once keep status polls, window saves and claims moving
 STORE_THREADS = Threads("job-store", 4)
-# each webhook attempt may wait its whole timeout on a slow receiver
+# webhook URL checks at submission (a name lookup each); deliveries never use these threads, so a slow
+# receiver cannot hold a submission up (app/web/jobs/webhook.py)
 WEBHOOK_THREADS = Threads("webhook", 4)
