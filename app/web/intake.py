@@ -55,7 +55,9 @@ class Received:
     arrived_at: float
 
 
-# what a route does with a received upload: its answer, or the failure to answer in the route's error shape
+# what a route does with a received upload: its answer, or the failure to answer in the route's error shape.
+# The place and the tmpfs files are held while it runs and given back when it returns: a streamed answer
+# (whose body is sent after that) must do its work inside the handler or hold what it needs itself.
 Handler = Callable[[Received], Awaitable[Response | ItemError]]
 
 

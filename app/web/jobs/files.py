@@ -72,8 +72,9 @@ class JobAudio:
 
     async def keep(self, received: Path, job_id: str) -> None:
         """Move an upload received on the tmpfs to the job's file (a copy where they are different filesystems)."""
+        moving = asyncio.ensure_future(asyncio.to_thread(shutil.move, received, self.path(job_id)))
         try:
-            await asyncio.to_thread(shutil.move, received, self.path(job_id))
+            await asyncio.shield(moving)
         except OSError as error:
             self.delete(job_id)
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -82,5 +83,7 @@ class JobAudio:
             metrics.JOB_STORE_ERRORS.inc()
             raise StoreUnavailable(f"the server cannot keep job uploads now ({error.strerror}); retry later") from None
         except BaseException:
+            # a cancelled wait (the request's timeout) does not stop the copy in its thread: let it end first
+            await asyncio.wait({moving})
             self.delete(job_id)
             raise

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+from app.contract import LANGUAGES, TO_LANGUAGE_CODE
 
 Event = dict[str, Any]
 
