@@ -23,7 +23,15 @@ from pydantic import (
 )
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
-from app.contract import TASKS, LanguageDetection, Reason, TranscriptionOptions, VadParameters, Work
+from app.contract import (
+    TASKS,
+    DiarizationOptions,
+    LanguageDetection,
+    Reason,
+    TranscriptionOptions,
+    VadParameters,
+    Work,
+)
 from app.web.errors import RequestError
 from app.web.formats import RESPONSE_FORMATS, TRANSCRIPTION_JSON
 from app.web.uploads import Upload
@@ -35,6 +43,8 @@ OPENAI_MODEL_NAME = "whisper-1"
 GRANULARITIES = ("segment", "word")
 # the validation context key holding the model names a request may ask for
 SERVED = "served"
+# the most speakers a request may ask diarization for
+MAX_SPEAKERS = 32
 
 
 def bad_option(param: str, message: str) -> RequestError:
@@ -113,6 +123,15 @@ def _chunking_strategy(value: object) -> VadParameters | None:
     return replace(defaults, threshold=threshold, speech_pad_ms=padding, min_silence_ms=silence)
 
 
+def _speaker_count(value: object, info: ValidationInfo) -> int | None:
+    text = _text(value)
+    if not text:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= MAX_SPEAKERS:
+        raise bad_option(str(info.field_name), f"{info.field_name} must be a whole number from 1 to {MAX_SPEAKERS}")
+    return int(text)
+
+
 def _no_streaming(value: object, info: ValidationInfo) -> bool:
     if _boolean(value, info):
         message = (
@@ -176,6 +195,11 @@ ChunkingStrategy = Annotated[
         }
     ),
 ]
+SpeakerCount = Annotated[
+    int | None,
+    BeforeValidator(_speaker_count),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 32, "description": "empty: as the voices show"}),
+]
 NoStreaming = Annotated[
     bool,
     BeforeValidator(_no_streaming),
@@ -230,6 +254,14 @@ class NativeTranscribeForm(UploadForm):
     vad: OptionalFlag = Field(None, description="voice activity detection: skip silence (default: WHISPER_VAD)")
     response_format: NativeFormat = TRANSCRIPTION_JSON
     output: Prompt = Field(None, description="another name for response_format")
+    diarize: Flag = Field(False, description="label each segment with its speaker (split where the speaker changes)")
+    speakers: SpeakerCount = Field(None, description="with diarize: exactly this many speakers")
+    min_speakers: SpeakerCount = Field(None, description="with diarize: at least this many speakers")
+    max_speakers: SpeakerCount = Field(None, description="with diarize: at most this many speakers")
+
+    def model_post_init(self, context: Any) -> None:
+        if self.min_speakers and self.max_speakers and self.min_speakers > self.max_speakers:
+            raise bad_option("min_speakers", "min_speakers must not exceed max_speakers")
 
     @model_validator(mode="before")
     @classmethod
@@ -250,8 +282,12 @@ class NativeTranscribeForm(UploadForm):
             task=self.task,
             prompt=self.prompt or self.initial_prompt,
             temperature=self.temperature,
-            word_timestamps=self.word_timestamps,
+            # speakers are assigned word by word, so diarization times the words
+            word_timestamps=self.word_timestamps or self.diarize,
             vad=self.vad,
+            diarization=DiarizationOptions(self.speakers, self.min_speakers, self.max_speakers)
+            if self.diarize
+            else None,
         )
 
     @property
@@ -313,6 +349,10 @@ class OpenAITranslationForm(UploadForm):
     chunking_strategy: ChunkingStrategy = None
     stream: NoStreaming = False
 
+    def model_post_init(self, context: Any) -> None:
+        if self.response_format == "diarized_json" and self.TASK == "translate":
+            raise bad_option("response_format", "diarized_json is for transcriptions, not translations")
+
     @model_validator(mode="before")
     @classmethod
     def _bracketed_chunking_strategy(cls, fields: Any) -> Any:
@@ -351,6 +391,7 @@ class OpenAITranscriptionForm(OpenAITranslationForm):
     timestamp_granularities: Granularities = Field(("segment",), alias="timestamp_granularities[]")
 
     def model_post_init(self, context: Any) -> None:
+        super().model_post_init(context)
         if "word" in self.timestamp_granularities and self.response_format != "verbose_json":
             raise bad_option("timestamp_granularities", "timestamp_granularities requires response_format=verbose_json")
 
@@ -365,7 +406,12 @@ class OpenAITranscriptionForm(OpenAITranslationForm):
             task=self.TASK,
             prompt=self.prompt,
             temperature=self.temperature,
-            word_timestamps=self.include_words,
+            word_timestamps=self.include_words or self.diarized,
             vad=self.vad,
             vad_parameters=self.chunking_strategy,
+            diarization=DiarizationOptions() if self.diarized else None,
         )
+
+    @property
+    def diarized(self) -> bool:
+        return self.response_format == "diarized_json"

@@ -128,7 +128,10 @@ class TranscriptionRoutes(RoutesSpec):
             still_wanted=lambda: self.admission.refuse_unless_serving(waiting=True),
         )
         record.upload_bytes = upload.file_size
-        return route.form.from_upload(upload, self.served_models)
+        form = route.form.from_upload(upload, self.served_models)
+        if isinstance(form.work, TranscriptionOptions) and form.work.diarization and not self.settings.diarization:
+            raise RequestError(Reason.BAD_OPTION, "speaker diarization is turned off here (WHISPER_DIARIZATION)")
+        return form
 
     async def prepare(self, form: UploadForm, files: RequestFiles, record: RequestRecord) -> PreparedUpload:
         """Decode the received upload's audio; raises RequestError for the client's faults."""

@@ -8,8 +8,10 @@ window centred nearest to it. Known speakers name the clusters whose voices are 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -17,9 +19,20 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.optimize import linear_sum_assignment
 from whisper.audio import SAMPLE_RATE
 
-from app.contract import DiarizationOptions, VadParameters
+from app.contract import (
+    DiarizationOptions,
+    ItemError,
+    Outcome,
+    Reason,
+    Segment,
+    Transcript,
+    TranscriptionOptions,
+    VadParameters,
+)
 from app.worker.speaker_embedding import SpeakerEmbedder
 from app.worker.vad import SpeechDetector, speech_spans
+
+log = logging.getLogger(__name__)
 
 WINDOW_SAMPLES = int(1.5 * SAMPLE_RATE)
 HOP_SAMPLES = int(0.75 * SAMPLE_RATE)
@@ -93,7 +106,7 @@ def turns_from_windows(
         steps = np.arange(start, end, STEP_SAMPLES)
         nearest = labels[np.abs(centres[None, :] - (steps + STEP_SAMPLES // 2)[:, None]).argmin(axis=1)]
         bounds = [0, *(np.flatnonzero(np.diff(nearest)) + 1).tolist(), len(steps)]
-        for first, last in zip(bounds, bounds[1:], strict=False):
+        for first, last in pairwise(bounds):
             speaker = names[int(nearest[first])]
             begin, finish = steps[first] / SAMPLE_RATE, min(end, steps[last - 1] + STEP_SAMPLES) / SAMPLE_RATE
             if turns and turns[-1].speaker == speaker and begin - turns[-1].end < 0.5:
@@ -155,3 +168,65 @@ class Diarizer:
         taken = {k.name for k in options.known_speakers}
         letters = (letter(i) for i in range(len(order) + len(taken)) if letter(i) not in taken)
         return {label: name if name in taken else next(letters) for label, name in names.items()}
+
+
+def speaker_at(turns: Sequence[SpeakerTurn], start: float, end: float) -> str | None:
+    """The speaker who overlaps [start, end] the most; the nearest turn's for a stretch no turn overlaps."""
+    if not turns:
+        return None
+    overlaps = [min(end, t.end) - max(start, t.start) for t in turns]
+    best = int(np.argmax(overlaps))
+    return turns[best].speaker
+
+
+def with_speakers(segments: Sequence[Segment], turns: Sequence[SpeakerTurn]) -> list[Segment]:
+    """Each word takes the speaker it overlaps most; a segment whose words change speaker is split there."""
+    labelled: list[Segment] = []
+    for segment in segments:
+        if not segment.words:
+            labelled.append(replace(segment, speaker=speaker_at(turns, segment.start, segment.end)))
+            continue
+        speakers = [speaker_at(turns, word.start, word.end) for word in segment.words]
+        run_starts = [0, *(i for i in range(1, len(speakers)) if speakers[i] != speakers[i - 1])]
+        for first, last in pairwise([*run_starts, len(speakers)]):
+            words = segment.words[first:last]
+            labelled.append(
+                replace(
+                    segment,
+                    start=segment.start if first == 0 else words[0].start,
+                    end=segment.end if last == len(speakers) else words[-1].end,
+                    text="".join(word.word for word in words),
+                    words=words,
+                    speaker=speakers[first],
+                )
+            )
+    return labelled
+
+
+def diarize_outcomes(
+    diarizer: Diarizer, items: Sequence[tuple[np.ndarray, TranscriptionOptions, Outcome]]
+) -> list[Outcome]:
+    """Transcripts of requests that asked for speakers, labelled in one batched pass; others pass through.
+
+    A failure is tried again request by request, so it costs only the request that causes it.
+    """
+    wanted = [
+        i for i, (_, options, outcome) in enumerate(items) if options.diarization and isinstance(outcome, Transcript)
+    ]
+    outcomes = [outcome for _, _, outcome in items]
+    if not wanted:
+        return outcomes
+    requests = [(items[i][0], items[i][1].diarization or DiarizationOptions()) for i in wanted]
+    try:
+        found = diarizer.turns(requests)
+    except Exception:
+        if len(wanted) > 1:
+            return [diarize_outcomes(diarizer, [item])[0] for item in items]
+        log.exception("diarization failed for one request")
+        outcomes[wanted[0]] = ItemError(Reason.INFERENCE_FAILED, "diarization failed for this audio")
+        return outcomes
+    for i, turns in zip(wanted, found, strict=True):
+        transcript = outcomes[i]
+        assert isinstance(transcript, Transcript)
+        outcomes[i] = replace(transcript, segments=with_speakers(transcript.segments, turns))
+    return outcomes

@@ -78,7 +78,7 @@ class SpeakerEmbedder:
         self.window = povey.float().to(self.device)
 
     def features(self, windows: Tensor) -> Tensor:
-        """Kaldi fbank (no dither, snip edges), mean-normalised per window: (windows, samples) -> (windows, frames, 80)."""
+        """Kaldi fbank (no dither, snip edges), mean-normalised: (windows, samples) -> (windows, frames, 80)."""
         frames = windows.unfold(1, FRAME_SAMPLES, HOP_SAMPLES)
         frames = frames - frames.mean(dim=2, keepdim=True)
         previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=2)
