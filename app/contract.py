@@ -124,8 +124,17 @@ class LanguageDetection:
     """A request for the spoken language of the first 30 s, answered from the batch's encoder pass."""
 
 
+@dataclass(frozen=True)
+class SpeakerLabelling:
+    """Speakers for a transcript made window by window (a job's): the whole file diarized at once, so one voice
+    keeps one label across every window; the outcome is the transcript with its segments labelled."""
+
+    transcript: Transcript
+    diarization: DiarizationOptions
+
+
 # what a request may ask of the worker
-Work = TranscriptionOptions | LanguageDetection
+Work = TranscriptionOptions | LanguageDetection | SpeakerLabelling
 
 
 @dataclass(frozen=True)

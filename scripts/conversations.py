@@ -9,6 +9,7 @@ its own clean recording before mixing: pauses inside turns are not speech).
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,11 @@ def conversation(
         if chooser.random() < overlap_chance:
             cursor -= int((gap + chooser.uniform(0.2, 0.5)) * SAMPLE_RATE)
         previous = speaker
+    return mixed(name, placed)
+
+
+def mixed(name: str, placed: Sequence[tuple[str, int, np.ndarray]]) -> Conversation:
+    """Utterances added into one waveform at their places; the reference is where each is loud."""
     waveform = np.zeros(max(start + len(piece) for _, start, piece in placed), dtype=np.float32)
     for _, start, piece in placed:
         waveform[start : start + len(piece)] += piece
@@ -131,6 +137,17 @@ def conversation(
         for first, last in spoken(piece)
     )
     return Conversation(name, np.clip(waveform, -1.0, 1.0), turns)
+
+
+def dialogue(name: str, lines: Sequence[tuple[str, Sequence[np.ndarray]]], gap_seconds: float) -> Conversation:
+    """Turns in the order given (each a speaker's utterances, 0.3 s apart), `gap_seconds` between turns."""
+    placed: list[tuple[str, int, np.ndarray]] = []
+    cursor = 0
+    for speaker, pieces in lines:
+        for index, piece in enumerate(pieces):
+            placed.append((speaker, cursor, piece))
+            cursor += len(piece) + int((gap_seconds if index == len(pieces) - 1 else 0.3) * SAMPLE_RATE)
+    return mixed(name, placed)
 
 
 def speaker_voices(cache: Path) -> dict[str, list[np.ndarray]]:

@@ -34,6 +34,7 @@ from app.contract import (
 )
 from app.web.errors import RequestError
 from app.web.formats import RESPONSE_FORMATS, TRANSCRIPTION_JSON
+from app.web.speaker_references import check_known_speakers
 from app.web.uploads import Upload
 
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -241,6 +242,11 @@ class UploadForm(BaseModel):
         """The response format a transcript is rendered in."""
         return TRANSCRIPTION_JSON
 
+    @property
+    def speaker_clips(self) -> tuple[tuple[str, bytes], ...]:
+        """Known speakers' names and reference clips (still encoded), for diarization to name its clusters."""
+        return ()
+
 
 class NativeTranscribeForm(UploadForm):
     """POST /transcribe: this service's own fields, with the names whisper-asr-webservice clients send."""
@@ -389,11 +395,20 @@ class OpenAITranscriptionForm(OpenAITranslationForm):
     TASK: ClassVar[str] = "transcribe"
     language: Language = None
     timestamp_granularities: Granularities = Field(("segment",), alias="timestamp_granularities[]")
+    known_speaker_names: tuple[str, ...] = Field((), alias="known_speaker_names[]")
+    known_speaker_references: tuple[str, ...] = Field((), alias="known_speaker_references[]")
 
     def model_post_init(self, context: Any) -> None:
         super().model_post_init(context)
         if "word" in self.timestamp_granularities and self.response_format != "verbose_json":
             raise bad_option("timestamp_granularities", "timestamp_granularities requires response_format=verbose_json")
+        if (self.known_speaker_names or self.known_speaker_references) and not self.diarized:
+            raise bad_option("known_speaker_names", "known speakers need response_format=diarized_json")
+        check_known_speakers(self.known_speaker_names, self.known_speaker_references)
+
+    @property
+    def speaker_clips(self) -> tuple[tuple[str, bytes], ...]:
+        return check_known_speakers(self.known_speaker_names, self.known_speaker_references)
 
     @property
     def include_words(self) -> bool:

@@ -34,6 +34,7 @@ from app.web.forms import (
     UploadForm,
 )
 from app.web.request_log import RequestRecord, record_of
+from app.web.speaker_references import decode_known_speakers
 from app.web.uploads import RequestFiles, UploadPace, receive_upload
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,12 @@ class TranscriptionRoutes(RoutesSpec):
     async def prepare(self, form: UploadForm, files: RequestFiles, record: RequestRecord) -> PreparedUpload:
         """Decode the received upload's audio; raises RequestError for the client's faults."""
         await self.decode(files, record)
-        return PreparedUpload(form, QueuedRequest(str(files.waveform), form.work, time.monotonic()))
+        work = form.work
+        if isinstance(work, TranscriptionOptions) and form.speaker_clips:
+            folder, stem = files.waveform.parent, files.waveform.stem
+            timeout = self.settings.request_timeout
+            work = await decode_known_speakers(work, form.speaker_clips, folder, stem, timeout)
+        return PreparedUpload(form, QueuedRequest(str(files.waveform), work, time.monotonic()))
 
     async def await_outcome(
         self, prepared: PreparedUpload, arrived_at: float, record: RequestRecord

@@ -26,7 +26,6 @@ from app.contract import (
     Reason,
     Segment,
     Transcript,
-    TranscriptionOptions,
     VadParameters,
 )
 from app.worker.speaker_embedding import SpeakerEmbedder
@@ -81,7 +80,7 @@ def cluster(embeddings: np.ndarray, options: DiarizationOptions) -> np.ndarray:
     else:
         labels = fcluster(tree, t=DISTANCE_THRESHOLD, criterion="distance")
         found = len(set(labels))
-        bounded = min(max(found, options.min_speakers or 1), options.max_speakers or found)
+        bounded = min(max(found, options.min_speakers or 1), options.max_speakers or len(embeddings))
         if bounded != found:
             labels = fcluster(tree, t=bounded, criterion="maxclust")
     return np.asarray(labels) - 1
@@ -204,19 +203,17 @@ def with_speakers(segments: Sequence[Segment], turns: Sequence[SpeakerTurn]) -> 
 
 
 def diarize_outcomes(
-    diarizer: Diarizer, items: Sequence[tuple[np.ndarray, TranscriptionOptions, Outcome]]
+    diarizer: Diarizer, items: Sequence[tuple[np.ndarray, DiarizationOptions, Outcome]]
 ) -> list[Outcome]:
     """Transcripts of requests that asked for speakers, labelled in one batched pass; others pass through.
 
     A failure is tried again request by request, so it costs only the request that causes it.
     """
-    wanted = [
-        i for i, (_, options, outcome) in enumerate(items) if options.diarization and isinstance(outcome, Transcript)
-    ]
+    wanted = [i for i, (_, _, outcome) in enumerate(items) if isinstance(outcome, Transcript)]
     outcomes = [outcome for _, _, outcome in items]
     if not wanted:
         return outcomes
-    requests = [(items[i][0], items[i][1].diarization or DiarizationOptions()) for i in wanted]
+    requests = [(items[i][0], items[i][1]) for i in wanted]
     try:
         found = diarizer.turns(requests)
     except Exception:

@@ -18,19 +18,21 @@ import torch
 from app import metrics
 from app.config import ConfigurationError, Settings
 from app.contract import (
+    DiarizationOptions,
     ItemError,
     Outcome,
     PassStatistics,
     QueuedRequest,
     Reason,
     Reported,
+    SpeakerLabelling,
     Transcript,
     TranscriptionOptions,
     WorkerTiming,
     read_waveform,
 )
 from app.worker.diarization import Diarizer, diarize_outcomes
-from app.worker.engine import AudioItem, Transcriber
+from app.worker.engine import AudioItem, PassResult, Transcriber
 from app.worker.loading import load_model, model_display_name
 from app.worker.scheduler import ContinuousScheduler
 from app.worker.slot_decoding import slots_that_fit
@@ -66,6 +68,13 @@ def resolve_device(setting: str) -> str:
             "(`--gpus all`, or Compose's device reservation), or set WHISPER_DEVICE=auto or cpu to run on the CPU"
         )
     return setting
+
+
+def wanted_speakers(job: AudioItem) -> DiarizationOptions | None:
+    """The diarization a request asks for, if any: a transcription's option, or a whole file's labelling."""
+    if isinstance(job.options, SpeakerLabelling):
+        return job.options.diarization
+    return job.options.diarization if isinstance(job.options, TranscriptionOptions) else None
 
 
 class WhisperLitAPI(ls.LitAPI):
@@ -125,9 +134,11 @@ class WhisperLitAPI(ls.LitAPI):
 
     def submit(self, uid: Hashable, job: AudioItem) -> None:
         """A request joins the running decode at the next step (or goes aside, for the static way)."""
-        if self.scheduler is not None and self.scheduler.takes(job):
+        if isinstance(job.options, SpeakerLabelling):
+            self.aside.append((uid, job))
+        elif self.scheduler is not None and self.scheduler.takes(job):
             self.scheduler.submit(uid, job)
-            if isinstance(job.options, TranscriptionOptions) and job.options.diarization:
+            if wanted_speakers(job) is not None:
                 self.diarizing[uid] = job
         else:
             self.aside.append((uid, job))
@@ -142,7 +153,7 @@ class WhisperLitAPI(ls.LitAPI):
         finished_jobs: list[AudioItem | None] = []
         if self.aside:
             jobs = [job for _, job in self.aside]
-            result = self.transcriber.run_isolated(jobs)
+            result = self.run_isolated(jobs)
             answers.extend(
                 (uid, outcome, started) for (uid, _), outcome in zip(self.aside, result.outcomes, strict=True)
             )
@@ -190,24 +201,37 @@ class WhisperLitAPI(ls.LitAPI):
         if not jobs:
             return items  # type: ignore[return-value]
         started = time.monotonic()
-        result = self.transcriber.run_isolated(jobs)
+        result = self.run_isolated(jobs)
         outcomes = iter(self.with_speakers(jobs, result.outcomes))
         timing = WorkerTiming(started, time.monotonic() - started, len(jobs))
         self.record(timing, result.statistics)
         return [Reported(next(outcomes), timing) if isinstance(item, AudioItem) else item for item in items]
+
+    def run_isolated(self, jobs: Sequence[AudioItem]) -> PassResult:
+        """The transcriber's pass over the jobs it answers; a whole file's speaker labelling passes its
+        transcript through, for with_speakers to label."""
+        if not any(isinstance(job.options, SpeakerLabelling) for job in jobs):
+            return self.transcriber.run_isolated(jobs)
+        others = [job for job in jobs if not isinstance(job.options, SpeakerLabelling)]
+        result = self.transcriber.run_isolated(others) if others else PassResult([], PassStatistics())
+        answered = iter(result.outcomes)
+        outcomes: list[Outcome] = [
+            job.options.transcript if isinstance(job.options, SpeakerLabelling) else next(answered) for job in jobs
+        ]
+        return PassResult(outcomes, result.statistics)
 
     def with_speakers(self, jobs: Sequence[AudioItem | None], outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Speakers on the transcripts of requests that asked for them, all diarized in one pass."""
         if self.diarizer is None:
             return list(outcomes)
         items = [
-            (job.waveform, job.options, outcome)
+            (job.waveform, diarization, outcome)
             for job, outcome in zip(jobs, outcomes, strict=True)
-            if job is not None and isinstance(job.options, TranscriptionOptions)
+            if job is not None and (diarization := wanted_speakers(job)) is not None
         ]
         labelled = iter(diarize_outcomes(self.diarizer, items))
         return [
-            next(labelled) if job is not None and isinstance(job.options, TranscriptionOptions) else outcome
+            next(labelled) if job is not None and wanted_speakers(job) is not None else outcome
             for job, outcome in zip(jobs, outcomes, strict=True)
         ]
 

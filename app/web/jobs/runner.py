@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -24,7 +25,16 @@ from whisper.audio import SAMPLE_RATE
 
 from app import metrics
 from app.config import Settings
-from app.contract import WAVEFORM_DTYPE, ItemError, QueuedRequest, Reason, Reported, Transcript, TranscriptionOptions
+from app.contract import (
+    WAVEFORM_DTYPE,
+    ItemError,
+    QueuedRequest,
+    Reason,
+    Reported,
+    SpeakerLabelling,
+    Transcript,
+    TranscriptionOptions,
+)
 from app.web.admission import Admission, Phase
 from app.web.audio import decode_upload
 from app.web.errors import RequestError
@@ -199,6 +209,8 @@ class JobRunner:
         job = claim.job
         options = job.request.form().work
         assert isinstance(options, TranscriptionOptions)
+        # speakers are found over the whole file once its windows are done, so one voice keeps one label
+        diarization, options = options.diarization, replace(options, diarization=None)
         files = RequestFiles.create(self.settings.tmp_dir)
         try:
             upload = self.audio.path(job.id)
@@ -224,7 +236,10 @@ class JobRunner:
             if options.language is None:
                 options = replace(options, language=done[0].language)
             await run.remaining(options)
-            return joined([done[index] for index in range(len(windows))], round(len(waveform) / SAMPLE_RATE, 3))
+            transcript = joined([done[index] for index in range(len(windows))], round(len(waveform) / SAMPLE_RATE, 3))
+            if diarization is not None:
+                transcript = await run.labelled(SpeakerLabelling(transcript, diarization), files.waveform)
+            return transcript
         finally:
             files.remove()
 
@@ -270,6 +285,21 @@ class JobRunner:
         delivery = asyncio.create_task(deliver(self.webhooks))
         self._deliveries.add(delivery)
         delivery.add_done_callback(self._deliveries.discard)
+
+
+def transcript_of(answer: Reported | ItemError) -> Transcript:
+    """The worker's transcript; a failure fails the job, or hands it back where the worker was away.
+
+    (WindowRun.window reads its answer the same way; kept apart while the runner's failure paths are reworked.)
+    """
+    outcome = answer.outcome if isinstance(answer, Reported) else answer
+    if isinstance(outcome, ItemError):
+        if outcome.reason in (Reason.UNAVAILABLE, Reason.TIMEOUT):
+            raise Interrupted
+        raise JobFailed(outcome.message)
+    if not isinstance(outcome, Transcript):
+        raise JobFailed(f"the model worker answered a transcription with {type(outcome).__name__}")
+    return outcome
 
 
 class WindowRun:
@@ -323,6 +353,19 @@ class WindowRun:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def labelled(self, labelling: SpeakerLabelling, waveform: Path) -> Transcript:
+        """The joined transcript with speakers from one diarization of the whole file."""
+        self.may_submit()
+        now = time.monotonic()
+        keep_waiting = self.runner.admission.refuse_unless_serving
+        try:
+            answer = await self.runner.submit(
+                QueuedRequest(str(waveform), labelling, now), now, lambda: keep_waiting(waiting=True)
+            )
+        except RequestError as error:
+            raise Interrupted from error
+        return transcript_of(answer)
 
     async def window(self, index: int, options: TranscriptionOptions) -> None:
         self.may_submit()
