@@ -41,8 +41,9 @@ STEP_SAMPLES = SAMPLE_RATE // 10
 DISTANCE_THRESHOLD = 0.45
 # a known speaker names a cluster only when their voices are at least this similar
 NAME_SIMILARITY = 0.3
-# speech as the diarizer hears it: short pauses split turns, little padding so turns end where speech does
-SPEECH = VadParameters(threshold=0.5, min_silence_ms=150, speech_pad_ms=60, min_speech_ms=200)
+# speech as the diarizer hears it: short pauses split turns; a lower threshold and more padding than for
+# transcription, so quiet word ends count (tuned on scripts/bench_diarization)
+SPEECH = VadParameters(threshold=0.35, min_silence_ms=150, speech_pad_ms=150, min_speech_ms=200)
 
 
 @dataclass(frozen=True)
