@@ -9,11 +9,11 @@ import pytest
 import srt
 import webvtt
 
-from app.contract import DiarizationOptions, Segment, Transcript, Word
+from app.contract import DiarizationOptions, ItemError, Reason, Segment, Transcript, Word
 from app.web.errors import RequestError
 from app.web.formats import diarized_json, to_srt, to_vtt
 from app.web.speaker_references import check_known_speakers
-from app.worker.diarization import SpeakerTurn, cluster, letter, with_speakers
+from app.worker.diarization import SpeakerTurn, cluster, diarize_outcomes, letter, with_speakers
 
 
 def segment(words: list[tuple[str, float, float]]) -> Segment:
@@ -93,3 +93,27 @@ def test_diarized_json_has_openais_shape() -> None:
         "text": "Morning, Ann.",
         "speaker": "Ann & <Bo>",
     }
+
+
+class FailingOnSilence:
+    """A diarizer that fails on an all-zero waveform and finds one speaker in anything else."""
+
+    def turns(self, requests):
+        if any(not waveform.any() for waveform, _ in requests):
+            raise RuntimeError("no voice")
+        return [[SpeakerTurn("A", 0.0, len(waveform) / 16000)] for waveform, _ in requests]
+
+
+def test_one_requests_diarization_failure_leaves_its_neighbours_labelled() -> None:
+    spoken = Transcript(" Hello there.", "en", 2.0, [segment([(" Hello", 0.2, 0.6), (" there.", 0.6, 1.9)])])
+    voice, silence = np.ones(32000, dtype=np.float32), np.zeros(32000, dtype=np.float32)
+    outcomes = diarize_outcomes(
+        FailingOnSilence(),  # type: ignore[arg-type]
+        [
+            (voice, DiarizationOptions(), spoken),
+            (silence, DiarizationOptions(), spoken),
+            (voice, DiarizationOptions(), spoken),
+        ],
+    )
+    assert isinstance(outcomes[1], ItemError) and outcomes[1].reason is Reason.INFERENCE_FAILED
+    assert all(isinstance(o, Transcript) and o.segments[0].speaker == "A" for o in (outcomes[0], outcomes[2]))
