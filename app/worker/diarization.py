@@ -41,9 +41,9 @@ STEP_SAMPLES = SAMPLE_RATE // 10
 DISTANCE_THRESHOLD = 0.45
 # a known speaker names a cluster only when their voices are at least this similar
 NAME_SIMILARITY = 0.3
-# speech as the diarizer hears it: short pauses split turns; a lower threshold and more padding than for
-# transcription, so quiet word ends count (tuned on scripts/bench_diarization)
-SPEECH = VadParameters(threshold=0.35, min_silence_ms=150, speech_pad_ms=150, min_speech_ms=200)
+# speech as the diarizer hears it: short pauses split turns; a lower threshold and less padding than for
+# transcription, so quiet word ends count and pauses do not (tuned on scripts/bench_diarization)
+SPEECH = VadParameters(threshold=0.35, min_silence_ms=150, speech_pad_ms=40, min_speech_ms=200)
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ def turns_from_windows(
         for first, last in pairwise(bounds):
             speaker = names[int(nearest[first])]
             begin, finish = steps[first] / SAMPLE_RATE, min(end, steps[last - 1] + STEP_SAMPLES) / SAMPLE_RATE
-            if turns and turns[-1].speaker == speaker and begin - turns[-1].end < 0.5:
+            # pauses stay pauses: a bridged pause would count as speech where nobody speaks
+            if turns and turns[-1].speaker == speaker and begin <= turns[-1].end:
                 turns[-1] = SpeakerTurn(speaker, turns[-1].start, finish)
             else:
                 turns.append(SpeakerTurn(speaker, begin, finish))
