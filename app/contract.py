@@ -198,6 +198,26 @@ class VadParameters:
 
 
 @dataclass(frozen=True)
+class KnownSpeaker:
+    """A name and a short clip of that voice (16 kHz mono float32 samples, as bytes so options stay hashable)."""
+
+    name: str
+    samples: bytes
+
+
+@dataclass(frozen=True)
+class DiarizationOptions:
+    """Who spoke when: how many speakers to expect, and the voices to name."""
+
+    # exactly this many speakers; None: as many as the voices show, within min/max
+    speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+    # clusters nearest these voices take their names; the others are A, B, ...
+    known_speakers: tuple[KnownSpeaker, ...] = ()
+
+
+@dataclass(frozen=True)
 class TranscriptionOptions:
     """What one request asks of the model; requests with equal decoding options share one decode."""
 
@@ -215,6 +235,8 @@ class TranscriptionOptions:
     vad: bool | None = None
     # how VAD decides, where the request said (OpenAI's chunking_strategy); None: the defaults
     vad_parameters: VadParameters | None = None
+    # label each segment with its speaker (segments split where the speaker changes); None: no diarization
+    diarization: DiarizationOptions | None = None
 
     @property
     def temperatures(self) -> tuple[float, ...]:
@@ -240,8 +262,17 @@ class LanguageDetection:
     """A request for the spoken language of the first 30 s, answered from the batch's encoder pass."""
 
 
+@dataclass(frozen=True)
+class SpeakerLabelling:
+    """Speakers for a transcript made window by window (a job's): the whole file diarized at once, so one voice
+    keeps one label across every window; the outcome is the transcript with its segments labelled."""
+
+    transcript: Transcript
+    diarization: DiarizationOptions
+
+
 # what a request may ask of the worker
-Work = TranscriptionOptions | LanguageDetection
+Work = TranscriptionOptions | LanguageDetection | SpeakerLabelling
 
 
 # a QueuedRequest's priority: the worker admits higher first (live speech ahead of uploads and job windows)
@@ -285,6 +316,8 @@ class Segment:
     # first mel frame of the window this segment came from, as transcribe() reports it
     seek: int = 0
     words: tuple[Word, ...] = ()
+    # who said it, where the request asked for diarization: a letter (A, B, ...) or a known speaker's name
+    speaker: str | None = None
 
 
 @dataclass

@@ -15,7 +15,7 @@ from app.contract import LANGUAGES, Segment, Transcript
 # /transcribe's own default: {"transcription", "language", "duration", "segments"}
 TRANSCRIPTION_JSON = "transcription_json"
 TEXT_FORMATS = ("text", "srt", "vtt", "tsv")
-JSON_FORMATS = ("json", "verbose_json")
+JSON_FORMATS = ("json", "verbose_json", "diarized_json")
 RESPONSE_FORMATS = (*JSON_FORMATS, *TEXT_FORMATS)
 MEDIA_TYPES = {
     "text": "text/plain",
@@ -40,13 +40,26 @@ def _cue_text(segment: Segment) -> str:
     return segment.text.strip().replace("-->", "->")
 
 
+def _srt_cue_text(segment: Segment) -> str:
+    return f"{segment.speaker}: {_cue_text(segment)}" if segment.speaker else _cue_text(segment)
+
+
+def _vtt_cue_text(segment: Segment) -> str:
+    """WebVTT's voice span names the speaker; `>` and `&` would end or escape the tag's annotation."""
+    if not segment.speaker:
+        return _cue_text(segment)
+    voice = segment.speaker.replace("&", "&amp;").replace(">", "&gt;")
+    return f"<v {voice}>{_cue_text(segment)}"
+
+
 def to_text(transcript: Transcript) -> str:
     return transcript.text + "\n"
 
 
 def to_srt(transcript: Transcript) -> str:
     cues = [
-        f"{number}\n{format_timestamp(s.start, True, ',')} --> {format_timestamp(s.end, True, ',')}\n{_cue_text(s)}\n"
+        f"{number}\n{format_timestamp(s.start, True, ',')} --> {format_timestamp(s.end, True, ',')}\n"
+        f"{_srt_cue_text(s)}\n"
         for number, s in enumerate(transcript.segments, start=1)
     ]
     return "\n".join(cues)
@@ -54,7 +67,7 @@ def to_srt(transcript: Transcript) -> str:
 
 def to_vtt(transcript: Transcript) -> str:
     cues = [
-        f"{format_timestamp(s.start, True)} --> {format_timestamp(s.end, True)}\n{_cue_text(s)}\n"
+        f"{format_timestamp(s.start, True)} --> {format_timestamp(s.end, True)}\n{_vtt_cue_text(s)}\n"
         for s in transcript.segments
     ]
     return "\n".join(["WEBVTT\n", *cues])
@@ -95,6 +108,7 @@ def verbose_json(transcript: Transcript, task: str, include_words: bool) -> dict
                 "avg_logprob": s.avg_logprob,
                 "compression_ratio": s.compression_ratio,
                 "no_speech_prob": s.no_speech_prob,
+                **({"speaker": s.speaker} if s.speaker else {}),
             }
             for number, s in enumerate(transcript.segments)
         ],
@@ -111,6 +125,8 @@ def transcription_json(transcript: Transcript, include_words: bool) -> dict[str,
 
     def segment(s: Segment) -> dict[str, object]:
         body: dict[str, object] = {"start": s.start, "end": s.end, "text": s.text.strip()}
+        if s.speaker:
+            body["speaker"] = s.speaker
         if include_words:
             body["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end} for w in s.words]
         return body
@@ -120,6 +136,27 @@ def transcription_json(transcript: Transcript, include_words: bool) -> dict[str,
         "language": transcript.language,
         "duration": transcript.duration,
         "segments": [segment(s) for s in transcript.segments],
+    }
+
+
+def diarized_json(transcript: Transcript) -> dict[str, object]:
+    """OpenAI's diarized_json: segments of type transcript.text.segment, each with its speaker."""
+    return {
+        "task": "transcribe",
+        "duration": transcript.duration,
+        "text": transcript.text,
+        "segments": [
+            {
+                "type": "transcript.text.segment",
+                "id": f"seg_{number}",
+                "start": s.start,
+                "end": s.end,
+                "text": s.text.strip(),
+                "speaker": s.speaker or "A",
+            }
+            for number, s in enumerate(transcript.segments)
+        ],
+        "usage": {"type": "duration", "seconds": transcript.duration},
     }
 
 
@@ -138,6 +175,7 @@ BODY_WRITERS: dict[str, BodyWriter] = {
     TRANSCRIPTION_JSON: lambda transcript, task, words: transcription_json(transcript, words),
     "json": lambda transcript, task, words: {"text": transcript.text},
     "verbose_json": verbose_json,
+    "diarized_json": lambda transcript, task, words: diarized_json(transcript),
     **{name: text_body(write) for name, write in TEXT_WRITERS.items()},
 }
 

@@ -27,6 +27,7 @@ from app.contract import (
     LANGUAGES,
     TASKS,
     TO_LANGUAGE_CODE,
+    DiarizationOptions,
     LanguageDetection,
     Reason,
     TranscriptionOptions,
@@ -36,6 +37,7 @@ from app.contract import (
 )
 from app.web.errors import RequestError
 from app.web.formats import RESPONSE_FORMATS, TRANSCRIPTION_JSON
+from app.web.speaker_references import check_known_speakers
 from app.web.uploads import Upload
 
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -61,6 +63,10 @@ class ServedModel:
     @property
     def name(self) -> str:
         return self.names[-1] if self.names else "the loaded model"
+
+
+# the most speakers a request may ask diarization for
+MAX_SPEAKERS = 32
 
 
 def bad_option(param: str, message: str) -> RequestError:
@@ -159,6 +165,15 @@ def _server_vad_number(strategy: dict[str, object], key: str, default: float, *,
     return number
 
 
+def _speaker_count(value: object, info: ValidationInfo) -> int | None:
+    text = _text(value)
+    if not text:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= MAX_SPEAKERS:
+        raise bad_option(str(info.field_name), f"{info.field_name} must be a whole number from 1 to {MAX_SPEAKERS}")
+    return int(text)
+
+
 def _no_streaming(value: object, info: ValidationInfo) -> bool:
     if _boolean(value, info):
         message = (
@@ -222,6 +237,11 @@ ChunkingStrategy = Annotated[
         }
     ),
 ]
+SpeakerCount = Annotated[
+    int | None,
+    BeforeValidator(_speaker_count),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 32, "description": "empty: as the voices show"}),
+]
 NoStreaming = Annotated[
     bool,
     BeforeValidator(_no_streaming),
@@ -272,6 +292,11 @@ class UploadForm(BaseModel):
         """The response format a transcript is rendered in."""
         return TRANSCRIPTION_JSON
 
+    @property
+    def speaker_clips(self) -> tuple[tuple[str, bytes], ...]:
+        """Known speakers' names and reference clips (still encoded), for diarization to name its clusters."""
+        return ()
+
 
 class NativeTranscribeForm(UploadForm):
     """POST /transcribe: this service's own fields, with the names whisper-asr-webservice clients send."""
@@ -285,6 +310,14 @@ class NativeTranscribeForm(UploadForm):
     vad: OptionalFlag = Field(None, description="voice activity detection: skip silence (default: WHISPER_VAD)")
     response_format: NativeFormat = TRANSCRIPTION_JSON
     output: Prompt = Field(None, description="another name for response_format")
+    diarize: Flag = Field(False, description="label each segment with its speaker (split where the speaker changes)")
+    speakers: SpeakerCount = Field(None, description="with diarize: exactly this many speakers")
+    min_speakers: SpeakerCount = Field(None, description="with diarize: at least this many speakers")
+    max_speakers: SpeakerCount = Field(None, description="with diarize: at most this many speakers")
+
+    def model_post_init(self, context: Any) -> None:
+        if self.min_speakers and self.max_speakers and self.min_speakers > self.max_speakers:
+            raise bad_option("min_speakers", "min_speakers must not exceed max_speakers")
 
     @model_validator(mode="before")
     @classmethod
@@ -305,8 +338,12 @@ class NativeTranscribeForm(UploadForm):
             task=self.task,
             prompt=self.prompt or self.initial_prompt,
             temperature=self.temperature,
-            word_timestamps=self.word_timestamps,
+            # speakers are assigned word by word, so diarization times the words
+            word_timestamps=self.word_timestamps or self.diarize,
             vad=self.vad,
+            diarization=DiarizationOptions(self.speakers, self.min_speakers, self.max_speakers)
+            if self.diarize
+            else None,
         )
 
     @property
@@ -368,6 +405,10 @@ class OpenAITranslationForm(UploadForm):
     chunking_strategy: ChunkingStrategy = None
     stream: NoStreaming = False
 
+    def model_post_init(self, context: Any) -> None:
+        if self.response_format == "diarized_json" and self.TASK == "translate":
+            raise bad_option("response_format", "diarized_json is for transcriptions, not translations")
+
     @model_validator(mode="before")
     @classmethod
     def _bracketed_chunking_strategy(cls, fields: Any) -> Any:
@@ -404,10 +445,20 @@ class OpenAITranscriptionForm(OpenAITranslationForm):
     TASK: ClassVar[str] = "transcribe"
     language: Language = None
     timestamp_granularities: Granularities = Field(("segment",), alias="timestamp_granularities[]")
+    known_speaker_names: tuple[str, ...] = Field((), alias="known_speaker_names[]")
+    known_speaker_references: tuple[str, ...] = Field((), alias="known_speaker_references[]")
 
     def model_post_init(self, context: Any) -> None:
+        super().model_post_init(context)
         if "word" in self.timestamp_granularities and self.response_format != "verbose_json":
             raise bad_option("timestamp_granularities", "timestamp_granularities requires response_format=verbose_json")
+        if (self.known_speaker_names or self.known_speaker_references) and not self.diarized:
+            raise bad_option("known_speaker_names", "known speakers need response_format=diarized_json")
+        check_known_speakers(self.known_speaker_names, self.known_speaker_references)
+
+    @property
+    def speaker_clips(self) -> tuple[tuple[str, bytes], ...]:
+        return check_known_speakers(self.known_speaker_names, self.known_speaker_references)
 
     @property
     def include_words(self) -> bool:
@@ -420,7 +471,12 @@ class OpenAITranscriptionForm(OpenAITranslationForm):
             task=self.TASK,
             prompt=self.prompt,
             temperature=self.temperature,
-            word_timestamps=self.include_words,
+            word_timestamps=self.include_words or self.diarized,
             vad=self.vad,
             vad_parameters=self.chunking_strategy,
+            diarization=DiarizationOptions() if self.diarized else None,
         )
+
+    @property
+    def diarized(self) -> bool:
+        return self.response_format == "diarized_json"

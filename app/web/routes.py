@@ -16,11 +16,12 @@ from fastapi import Request, Response
 
 from app import metrics
 from app.config import Settings
-from app.contract import ItemError, LanguageGuess, QueuedRequest, Transcript, TranscriptionOptions
+from app.contract import ItemError, LanguageGuess, QueuedRequest, Reason, Transcript, TranscriptionOptions
 from app.litserve_adapter import RoutesSpec, WorkerClient
 from app.web import native_api, openai_api
 from app.web.admission import Admission
 from app.web.audio import decode_upload
+from app.web.errors import RequestError
 from app.web.formats import WRITERS
 from app.web.forms import (
     DetectLanguageForm,
@@ -32,6 +33,7 @@ from app.web.forms import (
 )
 from app.web.intake import ErrorRenderer, Intake, Received, UploadRoute
 from app.web.request_log import RequestRecord
+from app.web.speaker_references import decode_known_speakers
 from app.web.uploads import RequestFiles
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -103,10 +105,16 @@ class TranscriptionRoutes(RoutesSpec):
 
     async def prepare(self, received: Received) -> PreparedUpload:
         """Decode the received upload's audio; raises RequestError for the client's faults."""
-        await self.decode(received.files, received.record)
-        return PreparedUpload(
-            received.form, QueuedRequest(str(received.files.waveform), received.form.work, time.monotonic())
-        )
+        work = received.form.work
+        if isinstance(work, TranscriptionOptions) and work.diarization and not self.settings.diarization:
+            raise RequestError(Reason.BAD_OPTION, "speaker diarization is turned off here (WHISPER_DIARIZATION)")
+        files = received.files
+        await self.decode(files, received.record)
+        if isinstance(work, TranscriptionOptions) and received.form.speaker_clips:
+            folder, stem = files.waveform.parent, files.waveform.stem
+            timeout = self.settings.request_timeout
+            work = await decode_known_speakers(work, received.form.speaker_clips, folder, stem, timeout)
+        return PreparedUpload(received.form, QueuedRequest(str(files.waveform), work, time.monotonic()))
 
     async def await_outcome(
         self, prepared: PreparedUpload, arrived_at: float, record: RequestRecord

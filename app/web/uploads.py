@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 FILE_FIELDS = ("file", "content")
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 64
+# a known speaker's reference clip arrives as a data URL in a text field: up to 10 s of WAV in base64
+MAX_REFERENCE_FIELD_BYTES = 1024 * 1024
 ARRAY_SUFFIX = "[]"
 # the names RequestFiles gives; a start-up sweep deletes only these, whatever else shares the directory
 REQUEST_FILE_NAME = re.compile(r"[0-9a-f]{32}\.(upload|f32)")
@@ -144,10 +146,11 @@ class _FormReceiver:
             self.upload.file_size += end - start
             return
         self._field_bytes += data[start:end]
-        if len(self._field_bytes) > MAX_FIELD_BYTES:
+        limit = MAX_REFERENCE_FIELD_BYTES if self._field_name == "known_speaker_references[]" else MAX_FIELD_BYTES
+        if len(self._field_bytes) > limit:
             raise RequestError(
                 Reason.BAD_FORM,
-                f"form field {self._field_name!r} is longer than {MAX_FIELD_BYTES} bytes",
+                f"form field {self._field_name!r} is longer than {limit} bytes",
             )
 
     def on_end(self) -> None:

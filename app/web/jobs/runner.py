@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -31,6 +32,7 @@ from app.contract import (
     QueuedRequest,
     Reason,
     Reported,
+    SpeakerLabelling,
     Transcript,
     TranscriptionOptions,
 )
@@ -235,6 +237,8 @@ class JobRunner:
     async def transcribe(self, claim: Claim, lost: asyncio.Event) -> Transcript:
         job = claim.job
         options = job.request.options
+        # speakers are found over the whole file once its windows are done, so one voice keeps one label
+        diarization, options = options.diarization, replace(options, diarization=None)
         files = RequestFiles.create(self.settings.tmp_dir)
         try:
             upload = self.audio.path(job.id)
@@ -264,7 +268,10 @@ class JobRunner:
             if options.language is None:
                 options = replace(options, language=done[0].language)
             await run.remaining(options)
-            return joined([done[index] for index in range(len(windows))], round(len(waveform) / SAMPLE_RATE, 3))
+            transcript = joined([done[index] for index in range(len(windows))], round(len(waveform) / SAMPLE_RATE, 3))
+            if diarization is not None:
+                transcript = await run.labelled(SpeakerLabelling(transcript, diarization), files.waveform)
+            return transcript
         finally:
             files.remove()
 
@@ -332,6 +339,21 @@ def audio_unprepared(error: OSError) -> str:
     return f"the job's audio could not be prepared in the server's upload directory (WHISPER_TMP_DIR): {error}"
 
 
+def transcript_of(answer: Reported | ItemError) -> Transcript:
+    """The worker's transcript; a failure fails the job, or hands it back where the worker was away.
+
+    (WindowRun.window reads its answer the same way; kept apart while the runner's failure paths are reworked.)
+    """
+    outcome = answer.outcome if isinstance(answer, Reported) else answer
+    if isinstance(outcome, ItemError):
+        if outcome.reason in (Reason.UNAVAILABLE, Reason.TIMEOUT):
+            raise Interrupted
+        raise JobFailed(outcome.message)
+    if not isinstance(outcome, Transcript):
+        raise JobFailed(f"the model worker answered a transcription with {type(outcome).__name__}")
+    return outcome
+
+
 class WindowRun:
     """One run of one job's windows: each a queued request of its own, saved as it finishes."""
 
@@ -383,6 +405,19 @@ class WindowRun:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def labelled(self, labelling: SpeakerLabelling, waveform: Path) -> Transcript:
+        """The joined transcript with speakers from one diarization of the whole file."""
+        self.may_submit()
+        now = time.monotonic()
+        keep_waiting = self.runner.admission.refuse_unless_serving
+        try:
+            answer = await self.runner.submit(
+                QueuedRequest(str(waveform), labelling, now), now, lambda: keep_waiting(waiting=True)
+            )
+        except RequestError as error:
+            raise Interrupted from error
+        return transcript_of(answer)
 
     async def window(self, index: int, options: TranscriptionOptions) -> None:
         self.may_submit()
