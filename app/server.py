@@ -102,7 +102,7 @@ def build_server(settings: Settings) -> tuple[SupervisedLitServer, Supervisor]:
         settings,
         admission,
         SessionSlots(settings.realtime_max_sessions),
-        tuple(spec.served_models),
+        served.names,
         spec.worker_client.run,
     )
     server.app.add_api_websocket_route(REALTIME_PATH, realtime.endpoint())
