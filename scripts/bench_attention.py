@@ -89,7 +89,7 @@ def measure(rows: int, copy: float) -> dict[str, dict[str, float | str]]:
         return call
 
     kernels: dict[str, tuple[Callable[[], Tensor], int]] = {
-        "sdpa (torch's pick, cuDNN excluded: whisper's call)": (
+        "sdpa (torch's own pick, cuDNN allowed)": (
             lambda: cross_attention.sdpa(query, keys, values, HEADS), 2),
         "flash (sdpa forced)": (forced(SDPBackend.FLASH_ATTENTION), 2),
         "efficient (sdpa forced)": (forced(SDPBackend.EFFICIENT_ATTENTION), 2),

@@ -52,6 +52,7 @@ from app.worker.cuda_decoding import ENCODER_WINDOWS, greedy_plan
 from app.worker.decoding import cross_attention
 from app.worker.decoding.cross_attention import CrossAttentionOptions
 from app.worker.engine import log_mel_batch
+from app.worker.loading import avoid_cudnn_attention
 from app.worker.slot_decoding import SlotDecoder
 from scripts.bench_clips import load_clips, tokens_per_second
 
@@ -265,6 +266,9 @@ class _Vocabulary:
     def get_vocab(self) -> dict[str, int]:
         return self.vocab
 
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return self.vocab[token]
+
 
 def ctranslate2_convert(model: torch.nn.Module, directory: Path) -> Path:
     from ctranslate2.converters import TransformersConverter
@@ -343,6 +347,8 @@ def engines(report: dict[str, object], args: argparse.Namespace, write: Callable
     model = synthetic.build_model(args.shape, args.device)
     if args.device == "cuda":
         precision.cast_to_fp16(model)
+        # as the service runs: cuDNN out of attention but for the step's cross-attention (load_model does this)
+        avoid_cudnn_attention()
     windows = cut_windows(args.clips, args.repeat, model.dims.n_mels, model.device)
     report["windows"] = {"count": len(windows.tokens), "audio_seconds": round(windows.audio_seconds, 1),
                          "tokens": sum(windows.tokens), "windows_per_audio_minute": round(
@@ -363,7 +369,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="windows per generate call of the peers")
     parser.add_argument("--slots", type=int, default=256)
     parser.add_argument("--engine", default="sdpa,auto", help="cross-attention: sdpa, cudnn, triton, triton+fp8, auto")
-    parser.add_argument("--peers", default="transformers,ctranslate2,transformers-compile")
+    # transformers-compile (static cache + torch.compile) is opt-in: it killed the process (SIGSEGV) on the H200 run
+    parser.add_argument("--peers", default="transformers,ctranslate2", help="also: transformers-compile")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--device", default="cuda", help="cpu: a smoke run of the script itself, no figures")
     args = parser.parse_args()
@@ -379,6 +386,8 @@ def main() -> None:
         args.output.write_text(json.dumps(report, indent=1) + "\n")
 
     windows = engines(report, args, write)
+    # the libraries run with torch's own defaults, cuDNN's attention included
+    torch.backends.cuda.enable_cudnn_sdp(True)
     peers = args.peers.split(",")
     hf = None
     if "transformers" in peers or "transformers-compile" in peers or "ctranslate2" in peers:

@@ -37,7 +37,7 @@ from app.worker.cuda_decoding import (
     timestamp_rules,
     windows_that_fit,
 )
-from app.worker.decoding.cross_attention import CrossAttentionCache
+from app.worker.decoding.cross_attention import CrossAttentionCache, CrossAttentionOptions
 from app.worker.graphs import GraphCache
 
 log = logging.getLogger(__name__)
@@ -132,9 +132,12 @@ class SlotDecoder:
     >>> while decoder.occupied: finished = decoder.step()
     """
 
-    def __init__(self, model: Whisper, capacity: int, use_graphs: bool | None = None) -> None:
+    def __init__(
+        self, model: Whisper, capacity: int, use_graphs: bool | None = None, cross: CrossAttentionOptions | None = None
+    ) -> None:
         """A step over the slots runs as one CUDA graph per bucket of slots (cuda_decoding.bucket): the
-        smallest that covers every occupied slot."""
+        smallest that covers every occupied slot. `cross`: the step's cross-attention (default: the process's
+        setting, cross_attention.configure)."""
         self.model = model
         self.capacity = capacity
         device = model.device
@@ -149,7 +152,9 @@ class SlotDecoder:
             return torch.zeros(*shape, dtype=dtype, device=device)
 
         layers, width = dims.n_text_layer, dims.n_text_state
-        self.cross = CrossAttentionCache(layers, capacity, dims.n_audio_ctx, width, self.n_head, device, self.dtype)
+        self.cross = CrossAttentionCache(
+            layers, capacity, dims.n_audio_ctx, width, self.n_head, device, self.dtype, cross
+        )
         self.self_keys = zeros(layers, capacity, dims.n_text_ctx, width)
         self.self_values = zeros(layers, capacity, dims.n_text_ctx, width)
         self.embedding_t = model.decoder.token_embedding.weight.to(self.dtype).t()
