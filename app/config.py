@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     # windows join and leave the running decode at every token step; "auto": on with CUDA, where it gives the
     # static engine's transcripts 12-21% faster (benchmarks/README.md, issue 15); the CPU keeps static passes
     continuous_batching: Literal["auto", "on", "off"] = "auto"
+    # the decode step's cross-attention kernel on CUDA: "auto" (cuDNN, with its plans built at graph capture),
+    # "cudnn", "triton" (the project's split-KV kernel) or "sdpa" (whisper's own call: tokens bit-identical to
+    # whisper.decode); figures in benchmarks/README.md "Cross-attention at memory bandwidth"
+    cross_attention: Literal["auto", "sdpa", "cudnn", "triton"] = "auto"
+    # float8 (e4m3) cross-attention keys and values with a scale per window, layer and head (the triton kernel):
+    # half the bytes each step reads and each slot holds; off by default (word error rate in benchmarks/README.md)
+    fp8_cross_attention: bool = False
     # HTTP processes (uploads, ffprobe/ffmpeg, answers); empty: one per model worker, as LitServe does
     http_processes: int | None = Field(None, ge=1, le=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

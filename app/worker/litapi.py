@@ -32,6 +32,8 @@ from app.contract import (
     WorkerTiming,
     read_waveform,
 )
+from app.worker.decoding import cross_attention
+from app.worker.decoding.cross_attention import CrossAttentionOptions
 from app.worker.diarization import Diarizer, diarize_outcomes
 from app.worker.engine import AudioItem, PassResult, Transcriber
 from app.worker.loading import load_model, model_display_name
@@ -95,6 +97,7 @@ class WhisperLitAPI(ls.LitAPI):
             # cuda:1 would also hold a CUDA context (and allocator caches) on the first GPU
             torch.cuda.set_device(device)
         settings = self.settings
+        cross_attention.configure(CrossAttentionOptions(settings.cross_attention, settings.fp8_cross_attention))
         model = load_model(self.model_spec, device, settings.model_cache_dir, settings.synthetic_tokens)
         if settings.synthetic_tokens_per_second and hasattr(model, "tokens_per_second"):
             model.tokens_per_second = settings.synthetic_tokens_per_second

@@ -37,6 +37,7 @@ from app.worker.cuda_decoding import (
     timestamp_rules,
     windows_that_fit,
 )
+from app.worker.decoding.cross_attention import CrossAttentionCache, CrossAttentionOptions
 from app.worker.graphs import GraphCache
 
 log = logging.getLogger(__name__)
@@ -131,9 +132,12 @@ class SlotDecoder:
     >>> while decoder.occupied: finished = decoder.step()
     """
 
-    def __init__(self, model: Whisper, capacity: int, use_graphs: bool | None = None) -> None:
+    def __init__(
+        self, model: Whisper, capacity: int, use_graphs: bool | None = None, cross: CrossAttentionOptions | None = None
+    ) -> None:
         """A step over the slots runs as one CUDA graph per bucket of slots (cuda_decoding.bucket): the
-        smallest that covers every occupied slot."""
+        smallest that covers every occupied slot. `cross`: the step's cross-attention (default: the process's
+        setting, cross_attention.configure)."""
         self.model = model
         self.capacity = capacity
         device = model.device
@@ -148,8 +152,9 @@ class SlotDecoder:
             return torch.zeros(*shape, dtype=dtype, device=device)
 
         layers, width = dims.n_text_layer, dims.n_text_state
-        self.cross_keys = zeros(layers, capacity, dims.n_audio_ctx, width)
-        self.cross_values = zeros(layers, capacity, dims.n_audio_ctx, width)
+        self.cross = CrossAttentionCache(
+            layers, capacity, dims.n_audio_ctx, width, self.n_head, device, self.dtype, cross
+        )
         self.self_keys = zeros(layers, capacity, dims.n_text_ctx, width)
         self.self_values = zeros(layers, capacity, dims.n_text_ctx, width)
         self.embedding_t = model.decoder.token_embedding.weight.to(self.dtype).t()
@@ -248,8 +253,7 @@ class SlotDecoder:
                 # one layer's cross-attention keys and values at a time: all layers' for a large
                 # admission would take tens of GB beside the caches they are copied into
                 cross_keys, cross_values = block.cross_attn.key(features), block.cross_attn.value(features)
-                self.cross_keys[layer].index_copy_(0, index, cross_keys)
-                self.cross_values[layer].index_copy_(0, index, cross_values)
+                self.cross.store(layer, index, cross_keys, cross_values)
                 attention = block.attn
                 h = block.attn_ln(x)
                 keys, values = attention.key(h), attention.value(h)
@@ -438,7 +442,10 @@ class SlotDecoder:
     def _finish_layer(self, rows: int, layer: int) -> None:
         block = self.model.decoder.blocks[layer]
         x = self.hidden[:rows] + block.attn.out(self.attended[:rows])
-        x = cross_attention_and_mlp(block, x, self.cross_keys[layer, :rows], self.cross_values[layer, :rows])
+        # the step's cross-attention reads every slot's cached keys and values: the kernel at bandwidth
+        query = block.cross_attn.query(block.cross_attn_ln(x))
+        x = x + block.cross_attn.out(self.cross.attend(layer, rows, query))
+        x = x + block.mlp(block.mlp_ln(x))
         if layer + 1 < self.n_layers:
             self.hidden[:rows] = x
             self._project(layer + 1, rows, self._position(rows))
