@@ -26,11 +26,12 @@ from whisper.decoding import DecodingOptions
 
 from app.config import load_settings
 from app.worker import precision, synthetic
-from app.worker.cuda_decoding import greedy_plan
+from app.worker.decoding.memory import slots_that_fit
+from app.worker.decoding.plan import greedy_plan
+from app.worker.decoding.slots import SlotDecoder
 from app.worker.engine import AudioItem, Transcriber, TranscriptionOptions
 from app.worker.loading import load_model
 from app.worker.scheduler import ContinuousScheduler
-from app.worker.slot_decoding import SlotDecoder, slots_that_fit
 from app.worker.vad import VadSplitter
 from scripts.bench_clips import load_clips, tokens_per_second
 

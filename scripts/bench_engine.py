@@ -23,7 +23,8 @@ from whisper.audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE
 from whisper.decoding import DecodingOptions, DecodingResult
 
 from app.config import load_settings
-from app.worker import cuda_decoding, precision, synthetic
+from app.worker import precision, synthetic
+from app.worker.decoding import static
 from app.worker.engine import AudioItem, Transcriber, log_mel_batch
 from app.worker.loading import load_model
 from scripts.bench_clips import load_clips
@@ -92,7 +93,7 @@ def reference_decode(model: torch.nn.Module, jobs: list[AudioItem]) -> tuple[tor
     """
     mel = log_mel_batch([job.waveform for job in jobs], model.dims.n_mels, model.device).half()
     features = model.encoder(mel)
-    return features, cuda_decoding.WhisperDecoder(model, len(jobs))(features, greedy_options(model))
+    return features, static.WhisperDecoder(model, len(jobs))(features, greedy_options(model))
 
 
 def identical_tokens(engine: Transcriber, features: torch.Tensor, reference: list[DecodingResult]) -> dict:
@@ -135,7 +136,7 @@ def reference(model_spec: str, audio: np.ndarray, cast_once: bool) -> list[dict]
     model = load_model(model_spec, "cuda", settings.model_cache_dir, settings.synthetic_tokens)
     # the engine as it was: whisper.decode at any size, and fp32 weights unless cast once
     capacity = max(REFERENCE_BATCHES)
-    decoder = cuda_decoding.WhisperDecoder(model, capacity)
+    decoder = static.WhisperDecoder(model, capacity)
     engine = Transcriber(model, capacity, decoder=decoder, cast_weights=cast_once)
     return [measure(engine, windows(audio, b), 1) for b in REFERENCE_BATCHES]
 

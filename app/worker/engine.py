@@ -31,8 +31,9 @@ from app.contract import (
     Transcript,
     TranscriptionOptions,
 )
-from app.worker import cuda_decoding, precision, synthetic
+from app.worker import precision, synthetic
 from app.worker.alignment import add_words
+from app.worker.decoding import memory, static
 from app.worker.seek import SeekBack, seek_back
 from app.worker.segments import TIME_PRECISION, in_order, window_segments
 from app.worker.windows import Window, split_waveform
@@ -175,7 +176,7 @@ class Transcriber:
         max_windows_per_pass: int = 64,
         gpu_share: float = 1.0,
         *,
-        decoder: cuda_decoding.BatchDecoder | None = None,
+        decoder: static.BatchDecoder | None = None,
         splitter: WindowSplitter = fixed_windows,
         cast_weights: bool = True,
         model_name: str = "the loaded model",
@@ -187,7 +188,7 @@ class Transcriber:
         self.fp16 = self.device.type == "cuda"
         if self.fp16 and cast_weights:
             precision.cast_to_fp16(model)
-        self.decode = decoder or cuda_decoding.batch_decoder(model, max_windows_per_pass, gpu_share)
+        self.decode = decoder or static.batch_decoder(model, max_windows_per_pass, gpu_share)
         self.split = splitter
         # named in refusals (an English-only model asked for another language)
         self.model_name = model_name
@@ -231,7 +232,7 @@ class Transcriber:
         """Encoder features for windows, `chunk` (default: ENCODER_WINDOWS or the pass's size) at a time."""
         dtype = torch.float16 if self.fp16 else torch.float32
         passes = []
-        step = chunk or min(self.max_windows_per_pass, cuda_decoding.ENCODER_WINDOWS)
+        step = chunk or min(self.max_windows_per_pass, memory.ENCODER_WINDOWS)
         for first in range(0, len(waveforms), step):
             part = waveforms[first : first + step]
             mel = log_mel_batch(part, self.model.dims.n_mels, self.device).to(dtype)

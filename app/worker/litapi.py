@@ -28,10 +28,10 @@ from app.contract import (
     WorkerTiming,
     read_waveform,
 )
+from app.worker.decoding.memory import slots_that_fit
 from app.worker.engine import AudioItem, Transcriber
 from app.worker.loading import load_model, model_display_name
 from app.worker.scheduler import ContinuousScheduler
-from app.worker.slot_decoding import slots_that_fit
 from app.worker.vad import VadSplitter
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,9 @@ from whisper.tokenizer import Tokenizer
 from whisper.utils import compression_ratio
 
 from app.contract import ItemError, Outcome, Reason, TranscriptionOptions
-from app.worker import cuda_decoding
-from app.worker.cuda_decoding import GreedyPlan, greedy_plan
+from app.worker.decoding.memory import ENCODER_WINDOWS
+from app.worker.decoding.plan import GreedyPlan, greedy_plan, shared_plan
+from app.worker.decoding.slots import SlotDecoder, SlotResult
 from app.worker.engine import (
     AudioItem,
     DecodedWindow,
@@ -33,7 +34,6 @@ from app.worker.engine import (
     settle_window,
     transcription_options,
 )
-from app.worker.slot_decoding import SlotDecoder, SlotResult, shared_plan
 from app.worker.windows import Window
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class ContinuousScheduler:
         taken: list[_Window] = []
         while self.waiting and len(taken) < most:
             taken.append(self.waiting.popleft())
-        features = self.transcriber.encode([item.audio() for item in taken], cuda_decoding.ENCODER_WINDOWS)
+        features = self.transcriber.encode([item.audio() for item in taken], ENCODER_WINDOWS)
         self._detect_languages(taken, features)
         # windows whose plan cannot decode beside the slots' go back to the front, in order
         groups: dict[PlanKey, list[int]] = {}

@@ -1,4 +1,4 @@
-"""Greedy decoding with a static KV cache, replayed as CUDA graphs, and the batch size that fits.
+"""Greedy decoding of whole passes with a static KV cache, replayed as CUDA graphs.
 
 whisper.decode launches every layer of every token step from Python (about 30 kernels a layer), grows
 its KV cache by concatenation and applies the timestamp rules row by row with a host sync per row: at
@@ -24,36 +24,20 @@ import torch
 import torch.nn.functional as F
 import whisper
 from torch import Tensor
-from whisper.decoding import ApplyTimestampRules, DecodingOptions, DecodingResult, DecodingTask
+from whisper.decoding import DecodingOptions, DecodingResult
 from whisper.model import MultiHeadAttention, ResidualAttentionBlock, Whisper
-from whisper.tokenizer import Tokenizer
 from whisper.utils import compression_ratio
 
-from app.worker.graphs import GraphCache
+from app.worker.decoding.attention import attend, cross_attention_and_mlp, split_heads
+from app.worker.decoding.graphs import GraphCache, bucket
+from app.worker.decoding.memory import windows_that_fit
+from app.worker.decoding.plan import GreedyPlan, greedy_plan
+from app.worker.decoding.rules import NEG_INF, first_token_rules, timestamp_rules
 
 log = logging.getLogger(__name__)
 
-NEG_INF = float("-inf")
-# batch sizes get a graph each: powers of two up to 16, then multiples of 16 (a padded row costs
-# a real row's work, so large batches are padded by at most 15 rows)
-SMALL_BUCKETS = (1, 2, 4, 8, 16)
-BUCKET_STEP = 16
 # steps between two checks whether every row has ended (each check waits for the GPU)
 FINISHED_CHECK_STEPS = 4
-# share of the GPU memory free after loading the model that one worker's windows may take
-MEMORY_FRACTION = 0.9
-# windows the engine encodes at once: the encoder runs as fast per window at 16 as at 256 (benchmarks/README.md
-# "Figures behind the engine's constants"), and its activations, unlike the decoder's caches, need not
-# grow with the pass
-ENCODER_WINDOWS = 32
-# encoder activations of one window, in units of one (n_audio_ctx, n_audio_state) float16 tensor:
-# the 4x MLP hidden layer, float32 LayerNorm copies, residuals
-ENCODER_ACTIVATION_COPIES = 24
-# encoder features a pass holds per window: the engine's, their concatenation, the decoder's input
-FEATURE_COPIES = 3
-# the captured graphs' private memory pool, in the same units: the prefill's temporaries stay in it
-# (7 units a window as measured: benchmarks/README.md "Figures behind the engine's constants")
-GRAPH_POOL_COPIES = 8
 
 
 class BatchDecoder(Protocol):
@@ -85,161 +69,6 @@ class WhisperDecoder:
 
     def prepare(self, options: DecodingOptions) -> int:
         return 0
-
-
-@dataclass(frozen=True)
-class GreedyPlan:
-    """What whisper's DecodingTask derives from DecodingOptions for greedy decoding, minus the language.
-
-    Requests in other languages share a plan, and so the captured graphs: only the initial tokens differ.
-    """
-
-    n_initial: int
-    sot_index: int
-    # whisper stops after sample_len tokens, or once the sequence outgrows the text context
-    max_tokens: int
-    suppress: tuple[int, ...]
-    # blank and end-of-text may not open a window (whisper's SuppressBlank)
-    suppress_first: tuple[int, ...]
-    timestamps: bool
-    max_initial_timestamp_index: int | None
-    eot: int
-    timestamp_begin: int
-    no_timestamps: int | None
-    no_speech: int | None
-
-
-def greedy_plan(model: Whisper, options: DecodingOptions) -> tuple[GreedyPlan, tuple[int, ...], Tokenizer] | None:
-    """(plan, initial tokens, tokenizer) for options the graphed path decodes exactly; else None."""
-    greedy = options.temperature == 0 and options.beam_size is None and options.best_of is None
-    if not greedy or options.language is None or options.task not in ("transcribe", "translate"):
-        return None
-    if not (whisper.model.SDPA_AVAILABLE and MultiHeadAttention.use_sdpa):
-        return None
-    # whisper's own derivation of tokens and filters, so both paths follow the same rules
-    task = DecodingTask(model, options)
-    tokenizer = task.tokenizer
-    timestamp_rules = [f for f in task.logit_filters if isinstance(f, ApplyTimestampRules)]
-    plan = GreedyPlan(
-        n_initial=len(task.initial_tokens),
-        sot_index=task.sot_index,
-        max_tokens=min(task.sample_len, task.n_ctx - len(task.initial_tokens) + 1),
-        suppress=task._get_suppress_tokens() if options.suppress_tokens else (),
-        suppress_first=tuple([*tokenizer.encode(" "), tokenizer.eot]) if options.suppress_blank else (),
-        timestamps=bool(timestamp_rules),
-        max_initial_timestamp_index=timestamp_rules[0].max_initial_timestamp_index if timestamp_rules else None,
-        eot=tokenizer.eot,
-        timestamp_begin=tokenizer.timestamp_begin,
-        no_timestamps=tokenizer.no_timestamps,
-        no_speech=tokenizer.no_speech,
-    )
-    return plan, task.initial_tokens, tokenizer
-
-
-def bytes_per_window(model: Whisper) -> int:
-    """GPU memory one window of capacity needs: static caches, encoder features, graph pool."""
-    dims = model.dims
-    half = 2
-    cross_cache = 2 * dims.n_text_layer * dims.n_audio_ctx * dims.n_text_state * half
-    self_cache = 2 * dims.n_text_layer * dims.n_text_ctx * dims.n_text_state * half
-    features = (FEATURE_COPIES + GRAPH_POOL_COPIES) * dims.n_audio_ctx * dims.n_audio_state * half
-    return cross_cache + self_cache + features
-
-
-def encoder_workspace(model: Whisper) -> int:
-    """GPU memory of the encoder's activations for ENCODER_WINDOWS windows, whatever the pass's size."""
-    dims = model.dims
-    return ENCODER_ACTIVATION_COPIES * ENCODER_WINDOWS * dims.n_audio_ctx * dims.n_audio_state * 2
-
-
-def windows_that_fit(model: Whisper, requested: int, gpu_share: float = 1.0, unit: str = "windows per pass") -> int:
-    """`requested`, or fewer windows per pass where this worker's part of the GPU's memory holds fewer.
-
-    `gpu_share` is the part of the GPU this worker may take: with two workers on one GPU each sizes
-    itself to half of the card, not to the memory it found free (both start at once and see it all).
-    """
-    free, total = torch.cuda.mem_get_info(model.device)
-    available = min(free, int(total * gpu_share))
-    usable = int(available * MEMORY_FRACTION) - encoder_workspace(model)
-    fit = max(1, usable // bytes_per_window(model))
-    if fit < requested:
-        log.warning("%d %s fit in free GPU memory; %d were asked for", fit, unit, requested)
-    return min(requested, fit)
-
-
-def bucket(n_rows: int, capacity: int) -> int:
-    """Rows a graph runs for `n_rows` rows: one of SMALL_BUCKETS or a multiple of BUCKET_STEP, at most `capacity`."""
-    size = next((s for s in SMALL_BUCKETS if s >= n_rows), math.ceil(n_rows / BUCKET_STEP) * BUCKET_STEP)
-    return min(size, capacity)
-
-
-def split_heads(x: Tensor, n_head: int) -> Tensor:
-    """(rows, tokens, width) viewed as (rows, heads, tokens, head width), as whisper's attention does."""
-    return x.view(*x.shape[:2], n_head, -1).permute(0, 2, 1, 3)
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, n_head: int, causal: bool = False) -> Tensor:
-    """whisper's qkv_attention (its SDPA branch), on views of static caches."""
-    heads = split_heads(q, n_head), split_heads(k, n_head), split_heads(v, n_head)
-    attended = F.scaled_dot_product_attention(*heads, is_causal=causal)
-    return attended.permute(0, 2, 1, 3).flatten(start_dim=2)
-
-
-def cross_attention_and_mlp(block: ResidualAttentionBlock, x: Tensor, keys: Tensor, values: Tensor) -> Tensor:
-    """The rest of ResidualAttentionBlock.forward after its self-attention, over cached cross keys and values."""
-    query = block.cross_attn.query(block.cross_attn_ln(x))
-    x = x + block.cross_attn.out(attend(query, keys, values, block.cross_attn.n_head))
-    return x + block.mlp(block.mlp_ln(x))
-
-
-def first_token_rules(logits: Tensor, plan: GreedyPlan, vocabulary: Tensor) -> None:
-    """whisper's ApplyTimestampRules for the first sampled token: a timestamp, no later than the
-    plan's max_initial_timestamp."""
-    if not plan.timestamps:
-        return
-    if plan.no_timestamps is not None:
-        logits[:, plan.no_timestamps] = NEG_INF
-    logits[:, : plan.timestamp_begin] = NEG_INF
-    if plan.max_initial_timestamp_index is not None:
-        logits[:, plan.timestamp_begin + plan.max_initial_timestamp_index + 1 :] = NEG_INF
-    prefer_timestamps(logits, plan, vocabulary)
-
-
-def timestamp_rules(
-    logits: Tensor,
-    plan: GreedyPlan,
-    vocabulary: Tensor,
-    last_is_timestamp: Tensor,
-    penultimate_is_timestamp: Tensor,
-    last_timestamp: Tensor,
-) -> None:
-    """whisper's ApplyTimestampRules after the first token, for all rows at once and without syncs.
-
-    The three row states are (rows,) tensors: whether the last and the one before were timestamps
-    (a missing one counts as a timestamp), and the last timestamp token (-1 before any)."""
-    if plan.no_timestamps is not None:
-        logits[:, plan.no_timestamps] = NEG_INF
-    last = last_is_timestamp[:, None]
-    penultimate = penultimate_is_timestamp[:, None]
-    closing = last & ~penultimate
-    timestamp_column = vocabulary >= plan.timestamp_begin
-    # timestamps come in pairs: after a pair, text; after a closing one, a timestamp or the end
-    forbidden = (last & penultimate & timestamp_column) | (closing & (vocabulary < plan.eot))
-    # timestamps never decrease, and a segment after text has a nonzero length
-    last_timestamp = last_timestamp[:, None]
-    bound = torch.where(closing, last_timestamp, last_timestamp + 1)
-    forbidden |= timestamp_column & (vocabulary < bound) & (last_timestamp >= 0)
-    logits.masked_fill_(forbidden, NEG_INF)
-    prefer_timestamps(logits, plan, vocabulary)
-
-
-def prefer_timestamps(logits: Tensor, plan: GreedyPlan, vocabulary: Tensor) -> None:
-    """A timestamp is forced where all timestamps together are likelier than any text token."""
-    logprobs = F.log_softmax(logits.float(), dim=-1)
-    timestamp_logprob = logprobs[:, plan.timestamp_begin :].logsumexp(dim=-1)
-    max_text_logprob = logprobs[:, : plan.timestamp_begin].max(dim=-1).values
-    prefer = (timestamp_logprob > max_text_logprob)[:, None]
-    logits.masked_fill_(prefer & (vocabulary < plan.timestamp_begin), NEG_INF)
 
 
 @dataclass(frozen=True)

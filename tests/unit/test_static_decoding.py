@@ -13,8 +13,10 @@ import whisper
 from whisper.audio import N_SAMPLES
 from whisper.decoding import ApplyTimestampRules, DecodingOptions
 
-from app.worker import cuda_decoding, synthetic
-from app.worker.cuda_decoding import GraphedGreedyDecoder, greedy_plan
+from app.worker import synthetic
+from app.worker.decoding import memory, static
+from app.worker.decoding.plan import greedy_plan
+from app.worker.decoding.static import GraphedGreedyDecoder
 
 TOKENS = 6
 
@@ -126,31 +128,31 @@ def test_timestamp_rules_match_whisper_for_any_history(tiny: synthetic.Synthetic
 def test_windows_per_pass_are_capped_by_free_memory(
     tiny: synthetic.SyntheticWhisper, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    per_window = cuda_decoding.bytes_per_window(tiny)
-    free = int((10.5 * per_window + cuda_decoding.encoder_workspace(tiny)) / cuda_decoding.MEMORY_FRACTION)
+    per_window = memory.bytes_per_window(tiny)
+    free = int((10.5 * per_window + memory.encoder_workspace(tiny)) / memory.MEMORY_FRACTION)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 2 * free))
-    assert cuda_decoding.windows_that_fit(tiny, 64) == 10
-    assert cuda_decoding.windows_that_fit(tiny, 4) == 4
+    assert memory.windows_that_fit(tiny, 64) == 10
+    assert memory.windows_that_fit(tiny, 4) == 4
 
 
 def test_workers_sharing_a_gpu_each_size_to_their_share(
     tiny: synthetic.SyntheticWhisper, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    per_window = cuda_decoding.bytes_per_window(tiny)
-    workspace = cuda_decoding.encoder_workspace(tiny)
+    per_window = memory.bytes_per_window(tiny)
+    workspace = memory.encoder_workspace(tiny)
     # the card is all free when both workers start; each may plan for half of it
-    total = int(2 * (20.5 * per_window + workspace) / cuda_decoding.MEMORY_FRACTION)
+    total = int(2 * (20.5 * per_window + workspace) / memory.MEMORY_FRACTION)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (total, total))
-    assert cuda_decoding.windows_that_fit(tiny, 64, gpu_share=0.5) == 20
-    assert cuda_decoding.windows_that_fit(tiny, 64) > 40
+    assert memory.windows_that_fit(tiny, 64, gpu_share=0.5) == 20
+    assert memory.windows_that_fit(tiny, 64) > 40
     # a worker that starts later finds less free than its share, and takes only that
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (total // 4, total))
-    assert cuda_decoding.windows_that_fit(tiny, 64, gpu_share=0.5) < 20
+    assert memory.windows_that_fit(tiny, 64, gpu_share=0.5) < 20
 
 
 def test_the_cpu_keeps_whisper_decode(tiny: synthetic.SyntheticWhisper) -> None:
-    decoder = cuda_decoding.batch_decoder(tiny, 32)
-    assert isinstance(decoder, cuda_decoding.WhisperDecoder)
+    decoder = static.batch_decoder(tiny, 32)
+    assert isinstance(decoder, static.WhisperDecoder)
     assert decoder.capacity == 32
 
 
