@@ -113,7 +113,7 @@ def optimised(model_spec: str, audio: np.ndarray, batches: list[int], repeats: i
     # 64 windows fill a graph's batch exactly; 50 run in it with 14 padding rows
     references = [reference_decode(model, windows(audio, n)) for n in (64, 50)]
     torch.cuda.empty_cache()
-    engine = Transcriber(model, max(batches))
+    engine = Transcriber(model, max(batches), budget=synthetic.token_budget(model))
     lone = [AudioItem(audio[: int(LONE_SECONDS * SAMPLE_RATE)].copy())]
     engine.transcribe_batch(lone)
     lone_seconds = statistics.median(timed(lambda: engine.transcribe_batch(lone)) for _ in range(5))
@@ -137,7 +137,7 @@ def reference(model_spec: str, audio: np.ndarray, cast_once: bool) -> list[dict]
     # the engine as it was: whisper.decode at any size, and fp32 weights unless cast once
     capacity = max(REFERENCE_BATCHES)
     decoder = static.WhisperDecoder(model, capacity)
-    engine = Transcriber(model, capacity, decoder=decoder, cast_weights=cast_once)
+    engine = Transcriber(model, capacity, decoder=decoder, budget=synthetic.token_budget(model), cast_weights=cast_once)
     return [measure(engine, windows(audio, b), 1) for b in REFERENCE_BATCHES]
 
 

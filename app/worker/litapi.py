@@ -32,6 +32,7 @@ from app.worker.decoding.memory import slots_that_fit
 from app.worker.engine import AudioItem, Transcriber
 from app.worker.loading import load_model, model_display_name
 from app.worker.scheduler import ContinuousScheduler
+from app.worker.synthetic import token_budget
 from app.worker.vad import VadSplitter
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,13 @@ class WhisperLitAPI(ls.LitAPI):
         self.steps = 0
         splitter = VadSplitter(model.device, enabled=settings.vad)
         name = model_display_name(self.model_spec)
+        budget = token_budget(model)
         if continuous_batching(settings):
             # the static decoder only serves what the slots do not (sampling, fallback): it stays small
             static_windows = min(STATIC_WINDOWS, settings.max_windows_per_pass)
-            self.transcriber = Transcriber(model, static_windows, gpu_share, splitter=splitter, model_name=name)
+            self.transcriber = Transcriber(
+                model, static_windows, gpu_share, splitter=splitter, budget=budget, model_name=name
+            )
             slots = settings.max_windows_per_pass
             if model.device.type == "cuda":
                 # sized to the memory free once the static decoder holds its part
@@ -106,7 +110,7 @@ class WhisperLitAPI(ls.LitAPI):
             self.scheduler = ContinuousScheduler(self.transcriber, slots)
         else:
             self.transcriber = Transcriber(
-                model, settings.max_windows_per_pass, gpu_share, splitter=splitter, model_name=name
+                model, settings.max_windows_per_pass, gpu_share, splitter=splitter, budget=budget, model_name=name
             )
         log.info("model %s ready on %s", self.model_spec, device)
 
@@ -131,16 +135,20 @@ class WhisperLitAPI(ls.LitAPI):
         """
         started = time.monotonic()
         answers: list[tuple[Hashable, Outcome, float]] = []
+        windows = 0
         if self.aside:
             jobs = [job for _, job in self.aside]
             result = self.transcriber.run_isolated(jobs)
             answers.extend(
                 (uid, outcome, started) for (uid, _), outcome in zip(self.aside, result.outcomes, strict=True)
             )
+            windows += result.statistics.windows
             self.aside = []
         occupied = self.scheduler.occupied if self.scheduler is not None else 0
         if self.scheduler is not None:
-            answers.extend((f.key, f.outcome, f.started_at) for f in self.scheduler.step())
+            for finished in self.scheduler.step():
+                answers.append((finished.key, finished.outcome, finished.started_at))
+                windows += finished.windows
         finished_at = time.monotonic()
         audio = sum(outcome.duration for _, outcome, _ in answers if isinstance(outcome, Transcript))
         self.steps += 1
@@ -149,6 +157,7 @@ class WhisperLitAPI(ls.LitAPI):
             WorkerTiming(started, finished_at - started, len(answers)),
             PassStatistics(occupied, audio),
             memory=self.steps % MEMORY_EVERY_STEPS == 0,
+            windows_encoded=windows,
         )
         return [
             (uid, Reported(outcome, WorkerTiming(began, finished_at - began, occupied)))
@@ -178,12 +187,17 @@ class WhisperLitAPI(ls.LitAPI):
         started = time.monotonic()
         result = self.transcriber.run_isolated(jobs)
         timing = WorkerTiming(started, time.monotonic() - started, len(jobs))
-        self.record(timing, result.statistics)
+        self.record(timing, result.statistics, windows_encoded=result.statistics.windows)
         outcomes = iter(result.outcomes)
         return [Reported(next(outcomes), timing) if isinstance(item, AudioItem) else item for item in items]
 
-    def record(self, timing: WorkerTiming, statistics: PassStatistics, memory: bool = True) -> None:
+    def record(
+        self, timing: WorkerTiming, statistics: PassStatistics, memory: bool = True, windows_encoded: int = 0
+    ) -> None:
+        """`windows_encoded`: windows the answered requests took (a continuous step's statistics count the
+        windows in the slots instead)."""
         label = self.worker_label
+        metrics.WINDOWS.labels(label).inc(windows_encoded)
         metrics.INFERENCE_SECONDS.labels(label).observe(timing.inference_seconds)
         metrics.BATCH_SIZE.labels(label).observe(timing.batch_size)
         metrics.BATCH_WINDOWS.labels(label).observe(statistics.windows)

@@ -23,7 +23,10 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from whisper.decoding import DecodingResult
 from whisper.model import Whisper
+from whisper.tokenizer import Tokenizer
+from whisper.utils import compression_ratio
 
 from app.worker.decoding.attention import (
     attend,
@@ -87,6 +90,23 @@ class SlotResult:
     tokens: list[int]
     sum_logprob: float
     no_speech_prob: float
+
+
+def decoding_result(
+    ended: SlotResult, plan: GreedyPlan, tokenizer: Tokenizer, language: str, features: Tensor | None
+) -> DecodingResult:
+    """A window's slot tokens as whisper.decode's result for that window: text and whisper's figures."""
+    text = tokenizer.decode(ended.tokens).strip()
+    return DecodingResult(
+        audio_features=features,
+        language=language,
+        tokens=ended.tokens,
+        text=text,
+        avg_logprob=ended.sum_logprob / (len(ended.tokens) + 1),
+        no_speech_prob=ended.no_speech_prob if plan.no_speech is not None else math.nan,
+        temperature=0.0,
+        compression_ratio=compression_ratio(text),
+    )
 
 
 class SlotDecoder:
