@@ -21,7 +21,7 @@ from whisper.model import Whisper
 from whisper.tokenizer import Tokenizer
 
 from app.contract import TranscriptionOptions
-from app.worker.packing import joined
+from app.worker.packing import joined, pack_windows
 from app.worker.seek import SeekBack, seek_back
 from app.worker.segments import TIME_PRECISION
 from app.worker.windows import Window
@@ -196,7 +196,7 @@ def settle(item: PipelineWindow, result: DecodingResult, tokenizer: Tokenizer) -
     held, request.held = request.held, []
     remainders = [window for _, window in held]
     next_round = []
-    for group in [[position] for position in range(len(remainders))]:
+    for group in pack_windows(remainders):
         order = min(held[position][0] for position in group)
         next_round.append(PipelineWindow(request, joined([remainders[position] for position in group]), order))
     request.pending = len(next_round)
