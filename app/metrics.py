@@ -80,6 +80,9 @@ GPU_MEMORY = Gauge(
     multiprocess_mode="livemax",
 )
 AUDIO_SECONDS = Counter("whisper_audio_seconds_total", "Seconds of audio transcribed.", ["worker"])
+# windows per audio minute: 60 * rate(whisper_windows_total) / rate(whisper_audio_seconds_total); each window
+# is a whole 30 s encoder pass and decode, so packing shows here
+WINDOWS = Counter("whisper_windows_total", "Windows encoded and decoded (seek-back rounds included).", ["worker"])
 
 # the job store's counts, read from the store by each HTTP process's runner: every replica reports the same
 # totals for a shared PostgreSQL store, so aggregate them with max, not sum

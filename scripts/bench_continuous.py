@@ -26,12 +26,14 @@ from whisper.decoding import DecodingOptions
 
 from app.config import load_settings
 from app.worker import precision, synthetic
-from app.worker.cuda_decoding import greedy_plan
 from app.worker.decoding.cross_attention import CrossAttentionOptions
+from app.worker.decoding.memory import slots_that_fit
+from app.worker.decoding.plan import greedy_plan
+from app.worker.decoding.slots import SlotDecoder
+from app.worker.decoding.static import SlotPass
 from app.worker.engine import AudioItem, Transcriber, TranscriptionOptions
 from app.worker.loading import load_model
 from app.worker.scheduler import ContinuousScheduler
-from app.worker.slot_decoding import SlotDecoder, slots_that_fit
 from app.worker.vad import VadSplitter
 from scripts.bench_clips import load_clips, tokens_per_second
 
@@ -83,10 +85,17 @@ def identity(model: torch.nn.Module, waveforms: list[np.ndarray], capacity: int)
             got[slot_window.pop(result.slot)] = result.tokens
         steps += 1
     same = sum(got[i] == reference[i].tokens[: limits[i]] for i in range(len(waveforms)))
+    varlen = decoder.varlen
+    del decoder
+    # the same decoder as a static pass: every window admitted at once
+    with torch.inference_mode():
+        static = SlotPass(model, len(waveforms))(features, options, limits)
+    same_static = sum(static[i].tokens == reference[i].tokens[: limits[i]] for i in range(len(waveforms)))
     return {
         "windows": len(waveforms),
         "identical": same,
-        "self_attention": "varlen" if decoder.varlen else "grouped",
+        "identical_static_pass": same_static,
+        "self_attention": "varlen" if varlen else "grouped",
         "token_counts": sorted(len(t) for t in got.values()),
         "whisper_decode_seconds": round(reference_seconds, 2),
     }
@@ -112,8 +121,9 @@ def static_run(transcriber: Transcriber, jobs: list[AudioItem], per_pass: int) -
     return time.perf_counter() - started, outcomes, windows
 
 
-def continuous_run(scheduler: ContinuousScheduler, jobs: list[AudioItem]) -> tuple[float, int, list[float], list]:
-    """All jobs submitted at once; seconds to the last answer, steps, each job's time to its answer, outcomes."""
+def continuous_run(scheduler: ContinuousScheduler, jobs: list[AudioItem]) -> tuple[float, int, list[float], list, int]:
+    """All jobs submitted at once; seconds to the last answer, steps, each job's time to its answer, outcomes,
+    and the windows they took (seek-back rounds included)."""
     torch.cuda.synchronize()
     started = time.perf_counter()
     for index, job in enumerate(jobs):
@@ -121,13 +131,15 @@ def continuous_run(scheduler: ContinuousScheduler, jobs: list[AudioItem]) -> tup
     steps = 0
     answered = [0.0] * len(jobs)
     outcomes: list = [None] * len(jobs)
+    windows = 0
     while scheduler.busy:
         for finished in scheduler.step():
             answered[finished.key] = time.perf_counter() - started
             outcomes[finished.key] = finished.outcome
+            windows += finished.windows
         steps += 1
     torch.cuda.synchronize()
-    return time.perf_counter() - started, steps, answered, outcomes
+    return time.perf_counter() - started, steps, answered, outcomes, windows
 
 
 def same_transcripts(static: list, continuous: list) -> dict[str, int]:
@@ -225,7 +237,7 @@ def main() -> None:
 
     splitter = VadSplitter(model.device, enabled=args.vad == "on")
     report["vad"] = args.vad
-    static = Transcriber(model, args.slots, splitter=splitter)
+    static = Transcriber(model, args.slots, splitter=splitter, budget=synthetic.token_budget(model))
     static_run(static, jobs[: args.requests_per_pass], args.requests_per_pass)  # warm-up
     seconds, static_outcomes, windows_decoded = static_run(static, jobs, args.requests_per_pass)
     report["static"] = {
@@ -233,6 +245,8 @@ def main() -> None:
         "rtf": round(audio_seconds / seconds, 1),
         "requests_per_pass": args.requests_per_pass,
         "capacity": static.max_windows_per_pass,
+        "windows_decoded": windows_decoded,
+        "windows_per_audio_minute": round(60 * windows_decoded / audio_seconds, 2),
     }
     # the static engine against itself with passes half as large: how much batch composition alone moves
     _, half_pass_outcomes, _ = static_run(static, jobs, args.requests_per_pass // 2)
@@ -249,19 +263,20 @@ def main() -> None:
     gc.collect()
     torch.cuda.empty_cache()
 
-    small = Transcriber(model, STATIC_WINDOWS, splitter=splitter)
+    small = Transcriber(model, STATIC_WINDOWS, splitter=splitter, budget=synthetic.token_budget(model))
     slots = slots_that_fit(model, args.slots)
     started = time.perf_counter()
     scheduler = ContinuousScheduler(small, slots)
     report["continuous"] = {"slots": slots, "startup_seconds": round(time.perf_counter() - started, 1)}
     continuous_run(scheduler, jobs[: args.requests_per_pass])  # warm-up
-    seconds, steps, answered, outcomes = continuous_run(scheduler, jobs)
+    seconds, steps, answered, outcomes, windows = continuous_run(scheduler, jobs)
     report["continuous"].update({"seconds": round(seconds, 2), "rtf": round(audio_seconds / seconds, 1), "steps": steps,
                                  "ms_per_step": round(1000 * seconds / steps, 2),
                                  "self_attention": "varlen" if scheduler.decoder.varlen else "grouped",
                                  "median_seconds_to_answer": round(float(np.median(answered)), 2),
                                  "same_transcripts_as_static": same_transcripts(static_outcomes, outcomes),
-                                 "windows_decoded_static": windows_decoded})  # fmt: skip
+                                 "windows_decoded": windows,
+                                 "windows_per_audio_minute": round(60 * windows / audio_seconds, 2)})  # fmt: skip
     continuous_run(scheduler, [lone_job])
     lone_times = [continuous_run(scheduler, [lone_job])[0] for _ in range(5)]
     report["continuous"]["lone_10s_ms"] = round(1000 * float(np.median(lone_times)), 1)

@@ -23,7 +23,8 @@ from whisper.audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE
 from whisper.decoding import DecodingOptions, DecodingResult
 
 from app.config import load_settings
-from app.worker import cuda_decoding, precision, synthetic
+from app.worker import precision, synthetic
+from app.worker.decoding import static
 from app.worker.engine import AudioItem, Transcriber, log_mel_batch
 from app.worker.loading import load_model
 from scripts.bench_clips import load_clips
@@ -92,7 +93,7 @@ def reference_decode(model: torch.nn.Module, jobs: list[AudioItem]) -> tuple[tor
     """
     mel = log_mel_batch([job.waveform for job in jobs], model.dims.n_mels, model.device).half()
     features = model.encoder(mel)
-    return features, cuda_decoding.WhisperDecoder(model, len(jobs))(features, greedy_options(model))
+    return features, static.WhisperDecoder(model, len(jobs))(features, greedy_options(model))
 
 
 def identical_tokens(engine: Transcriber, features: torch.Tensor, reference: list[DecodingResult]) -> dict:
@@ -112,7 +113,7 @@ def optimised(model_spec: str, audio: np.ndarray, batches: list[int], repeats: i
     # 64 windows fill a graph's batch exactly; 50 run in it with 14 padding rows
     references = [reference_decode(model, windows(audio, n)) for n in (64, 50)]
     torch.cuda.empty_cache()
-    engine = Transcriber(model, max(batches))
+    engine = Transcriber(model, max(batches), budget=synthetic.token_budget(model))
     lone = [AudioItem(audio[: int(LONE_SECONDS * SAMPLE_RATE)].copy())]
     engine.transcribe_batch(lone)
     lone_seconds = statistics.median(timed(lambda: engine.transcribe_batch(lone)) for _ in range(5))
@@ -135,8 +136,8 @@ def reference(model_spec: str, audio: np.ndarray, cast_once: bool) -> list[dict]
     model = load_model(model_spec, "cuda", settings.model_cache_dir, settings.synthetic_tokens)
     # the engine as it was: whisper.decode at any size, and fp32 weights unless cast once
     capacity = max(REFERENCE_BATCHES)
-    decoder = cuda_decoding.WhisperDecoder(model, capacity)
-    engine = Transcriber(model, capacity, decoder=decoder, cast_weights=cast_once)
+    decoder = static.WhisperDecoder(model, capacity)
+    engine = Transcriber(model, capacity, decoder=decoder, budget=synthetic.token_budget(model), cast_weights=cast_once)
     return [measure(engine, windows(audio, b), 1) for b in REFERENCE_BATCHES]
 
 

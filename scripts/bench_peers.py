@@ -48,12 +48,13 @@ from whisper.decoding import DecodingOptions
 from whisper.tokenizer import LANGUAGES
 
 from app.worker import precision, synthetic
-from app.worker.cuda_decoding import ENCODER_WINDOWS, greedy_plan
 from app.worker.decoding import cross_attention
 from app.worker.decoding.cross_attention import CrossAttentionOptions
+from app.worker.decoding.memory import ENCODER_WINDOWS
+from app.worker.decoding.plan import greedy_plan
+from app.worker.decoding.slots import SlotDecoder
 from app.worker.engine import log_mel_batch
 from app.worker.loading import avoid_cudnn_attention
-from app.worker.slot_decoding import SlotDecoder
 from scripts.bench_clips import load_clips, tokens_per_second
 
 WINDOW_SECONDS = 30.0

@@ -1,7 +1,8 @@
-"""Batched transcription of waveforms: windows, log-mel, one encoder pass, batched decoding, stitching.
+"""Batched transcription of waveforms: the window pipeline in rounds, each one encoder pass and static passes.
 
 Usable without HTTP: `Transcriber(model).transcribe_batch(jobs)` is what the server, tests and
-benchmarks all drive. Its parts (the decoder, the window splitter) are given to it, not patched in.
+benchmarks all drive. Its parts (the decoder, the window splitter, a token budget) are given to it,
+not patched in; the window pipeline itself (app/worker/pipeline.py) is the scheduler's too.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,30 +34,24 @@ from app.contract import (
     TranscriptionOptions,
     Work,
 )
-from app.worker import cuda_decoding, precision, synthetic
+from app.worker import pipeline, precision
 from app.worker.alignment import add_words
-from app.worker.seek import SeekBack, seek_back
-from app.worker.segments import TIME_PRECISION, in_order, window_segments
+from app.worker.decoding import memory, static
+from app.worker.pipeline import (
+    DecodedWindow,
+    PipelineWindow,
+    RequestWindows,
+    WindowSplitter,
+    needs_fallback,
+    transcription_options,
+)
+from app.worker.segments import in_order, window_segments
 from app.worker.windows import Window, split_waveform
 
 log = logging.getLogger(__name__)
 
-# openai-whisper transcribe()'s thresholds, so a window falls back exactly when transcribe() would
-COMPRESSION_RATIO_THRESHOLD = 2.4
-LOGPROB_THRESHOLD = -1.0
-NO_SPEECH_THRESHOLD = 0.6
 # languages listed by POST /detect-language
 LANGUAGE_CANDIDATES = 5
-# rounds of follow-up windows after the first decode; transcribe() has no limit, but a model that stops
-# early again and again must not hold the batch (each round is one more encoder pass and decode)
-MAX_FOLLOW_UP_ROUNDS = 8
-# a rest of a window shorter than this is not decoded again: too short to hold a word, and whisper
-# tends to invent one ("you") in near-empty windows
-MIN_FOLLOW_UP_SECONDS = 0.5
-# a follow-up starts this much before the timestamp it seeks back to: transcribe() conditions the next
-# window on the text before it, which a batched decode cannot, and without that context the model's
-# timestamp often falls just after a word's onset and the word ("He might...") is lost
-FOLLOW_UP_LEAD_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -66,6 +62,18 @@ class AudioItem:
     options: Work = field(default_factory=TranscriptionOptions)
 
 
+class TokenBudget(Protocol):
+    """How many tokens windows decode where a model does not decide it itself (a synthetic model's)."""
+
+    def decoding_overrides(self) -> dict[str, object]:
+        """DecodingOptions fields added to every decode."""
+        ...
+
+    def window_tokens(self, samples: int) -> int | None:
+        """The most tokens a window of `samples` decodes; None: to end-of-text."""
+        ...
+
+
 @dataclass(frozen=True)
 class PassResult:
     """One pass's outcomes, in the order of its jobs, and what the pass did."""
@@ -74,59 +82,9 @@ class PassResult:
     statistics: PassStatistics
 
 
-# cuts every job's waveform into windows of at most 30 s (a job's position goes into its windows' request_index)
-WindowSplitter = Callable[[Sequence[AudioItem]], list[Window]]
-
-
 def fixed_windows(jobs: Sequence[AudioItem]) -> list[Window]:
     """Consecutive windows of at most 30 s over each whole waveform, cut at quiet points."""
     return [window for index, job in enumerate(jobs) for window in split_waveform(job.waveform, index)]
-
-
-def rest_of_window(window: Window, back: SeekBack | None) -> Window | None:
-    """The follow-up window transcribe() would decode after seeking back, or None when the window is done.
-
-    A seek that does not move forward, or leaves too little audio, ends the window (no endless loop).
-    """
-    if back is None:
-        return None
-    heard = round((back.resume_at * TIME_PRECISION - FOLLOW_UP_LEAD_SECONDS) * SAMPLE_RATE)
-    if heard <= 0 or window.length - heard < MIN_FOLLOW_UP_SECONDS * SAMPLE_RATE:
-        return None
-    return window.after(heard)
-
-
-def settle_window(
-    result: DecodingResult, window: Window, tokenizer: Tokenizer, round_number: int
-) -> tuple[DecodingResult | None, Window | None]:
-    """transcribe()'s handling of one window's final decode (fallback done), shared by both batching modes.
-
-    Returns what the transcript keeps of it (None for silence; else the result cut to whole segments
-    where the decode stopped early) and the follow-up window for the rest of its audio (None when the
-    window is done or it was the last round).
-    """
-    if is_silence(result):
-        return None, None
-    back = seek_back(result.tokens, tokenizer.timestamp_begin)
-    follow_up = rest_of_window(window, back) if round_number < MAX_FOLLOW_UP_ROUNDS else None
-    if follow_up is None or back is None:
-        return result, None
-    return replace(result, tokens=result.tokens[: back.keep]), follow_up
-
-
-@dataclass(frozen=True)
-class DecodedWindow:
-    """What a transcript keeps of one window: its final decode and, for word timestamps, its encoder features."""
-
-    window: Window
-    result: DecodingResult
-    features: torch.Tensor | None = None
-
-
-def transcription_options(job: AudioItem) -> TranscriptionOptions:
-    if not isinstance(job.options, TranscriptionOptions):
-        raise TypeError(f"a transcription pass got {type(job.options).__name__}")
-    return job.options
 
 
 def log_mel_batch(windows: Sequence[np.ndarray], n_mels: int, device: torch.device) -> torch.Tensor:
@@ -149,18 +107,6 @@ def log_mel_batch(windows: Sequence[np.ndarray], n_mels: int, device: torch.devi
     return ((log_spec + 4.0) / 4.0).masked_fill(padding[:, None, :], 0.0)
 
 
-def needs_fallback(result: DecodingResult) -> bool:
-    """transcribe()'s rule: too repetitive or too improbable, unless the window is silence."""
-    silent = result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOGPROB_THRESHOLD
-    poor = result.compression_ratio > COMPRESSION_RATIO_THRESHOLD or result.avg_logprob < LOGPROB_THRESHOLD
-    return poor and not silent
-
-
-def is_silence(result: DecodingResult) -> bool:
-    """transcribe() skips windows the model thinks hold no speech, unless its text is confident."""
-    return result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob <= LOGPROB_THRESHOLD
-
-
 class Transcriber:
     """Batched Whisper inference over many requests' waveforms at once.
 
@@ -176,25 +122,28 @@ class Transcriber:
         max_windows_per_pass: int = 64,
         gpu_share: float = 1.0,
         *,
-        decoder: cuda_decoding.BatchDecoder | None = None,
+        decoder: static.BatchDecoder | None = None,
         splitter: WindowSplitter = fixed_windows,
+        budget: TokenBudget | None = None,
         cast_weights: bool = True,
         model_name: str = "the loaded model",
     ) -> None:
-        """`decoder` defaults to the device's best (graphed on CUDA, sized to `gpu_share` of its memory);
-        `cast_weights=False` keeps fp32 weights on CUDA, as whisper.decode's per-call casts expect."""
+        """`decoder` defaults to the device's best (static passes through the slot decoder on CUDA, sized
+        to `gpu_share` of its memory); `budget` fixes how many tokens windows decode (a synthetic model's:
+        app/worker/synthetic.py); `cast_weights=False` keeps fp32 weights on CUDA, as whisper.decode's
+        per-call casts expect."""
         self.model = model
         self.device = model.device
         self.fp16 = self.device.type == "cuda"
         if self.fp16 and cast_weights:
             precision.cast_to_fp16(model)
-        self.decode = decoder or cuda_decoding.batch_decoder(model, max_windows_per_pass, gpu_share)
+        self.decode = decoder or static.batch_decoder(model, max_windows_per_pass, gpu_share)
         self.split = splitter
+        self.budget = budget
         # named in refusals (an English-only model asked for another language)
         self.model_name = model_name
         # on the GPU the decoder's buffers are sized to free memory: no pass may outgrow them
         self.max_windows_per_pass = self.decode.capacity
-        self.decoding_overrides = synthetic.decoding_overrides(model)
         # requests without a prompt all share one decoding plan (the language is not part of it)
         started = time.monotonic()
         graphs = self.decode.prepare(self.decoding_options("transcribe", "en", prompt=None))
@@ -209,7 +158,7 @@ class Transcriber:
             prompt=self.prompt_tokens(task, language, prompt),
             without_timestamps=False,
             fp16=self.fp16,
-            **self.decoding_overrides,
+            **(self.budget.decoding_overrides() if self.budget is not None else {}),
         )
 
     def prompt_tokens(self, task: str, language: str, prompt: str | None) -> list[int] | None:
@@ -232,31 +181,12 @@ class Transcriber:
         """Encoder features for windows, `chunk` (default: ENCODER_WINDOWS or the pass's size) at a time."""
         dtype = torch.float16 if self.fp16 else torch.float32
         passes = []
-        step = chunk or min(self.max_windows_per_pass, cuda_decoding.ENCODER_WINDOWS)
+        step = chunk or min(self.max_windows_per_pass, memory.ENCODER_WINDOWS)
         for first in range(0, len(waveforms), step):
             part = waveforms[first : first + step]
             mel = log_mel_batch(part, self.model.dims.n_mels, self.device).to(dtype)
             passes.append(self.model.encoder(mel))
         return torch.cat(passes)
-
-    def languages(
-        self, asked: Sequence[TranscriptionOptions], windows: Sequence[Window], features: torch.Tensor
-    ) -> list[str]:
-        """Each job's language: asked for, the only one an English-only model knows, or detected (first window).
-
-        A job without any window (VAD heard no speech) keeps the language it asked for, else English.
-        """
-        if not self.model.is_multilingual:
-            return ["en"] * len(asked)
-        first_window: dict[int, int] = {}
-        for position, window in enumerate(windows):
-            first_window.setdefault(window.request_index, position)
-        unknown = [i for i, options in enumerate(asked) if options.language is None and i in first_window]
-        detected: dict[int, str] = {}
-        if unknown:
-            _, probabilities = detect_language(self.model, features[[first_window[i] for i in unknown]])
-            detected = {i: max(p, key=p.get) for i, p in zip(unknown, probabilities, strict=True)}
-        return [options.language or detected.get(i, "en") for i, options in enumerate(asked)]
 
     @torch.inference_mode()
     def decode_with_fallback(
@@ -268,7 +198,7 @@ class Transcriber:
     ) -> list[DecodingResult]:
         """Greedy decoding; windows that fail transcribe()'s quality checks retry, together, hotter.
 
-        `limits`: per window, the synthetic model's realistic decode length (None: no limit)."""
+        `limits`: per window, the most tokens it may decode (None: no limit)."""
         results: list[DecodingResult | None] = [None] * len(features)
         pending = list(range(len(features)))
         for temperature in temperatures:
@@ -292,48 +222,37 @@ class Transcriber:
     def _transcribe(self, jobs: Sequence[AudioItem]) -> tuple[list[Transcript], int]:
         """The transcripts of `jobs`, and how many windows they took (follow-ups included).
 
-        One encoder pass over all first windows and batched decodes; then rounds: a window whose decode
-        stopped early (transcribe() would seek back, app/worker/seek.py) keeps its whole segments and
-        yields a follow-up window for the rest of its audio, and each round's follow-ups of every job
-        are encoded and decoded together, like the first windows.
+        The window pipeline (app/worker/pipeline.py) in rounds: one encoder pass over all first windows
+        and a static pass per decoding group; every window settles, and each round's seek-back
+        remainders, packed, are encoded and decoded together like the first windows.
         """
-        asked = [transcription_options(job) for job in jobs]
-        windows = self.split(jobs)
-        languages: list[str] | None = None
-        decoded: list[list[DecodedWindow]] = [[] for _ in jobs]
+        requests = [RequestWindows(job, pipeline.known_language(job, self.model.is_multilingual)) for job in jobs]
+        waiting = pipeline.split(requests, self.split)
         window_count = 0
-        for round_number in range(1 + MAX_FOLLOW_UP_ROUNDS):
-            if not windows:
-                break
-            features = self.encode([w.audio(jobs[w.request_index].waveform) for w in windows])
-            window_count += len(windows)
-            if languages is None:
-                languages = self.languages(asked, windows, features)
-            follow_ups = []
-            for (language, task, prompt, temperatures), positions in self.decoding_groups(asked, languages, windows):
+        while waiting:
+            features = self.encode([item.audio() for item in waiting])
+            window_count += len(waiting)
+            pipeline.detect_languages(self.model, waiting, features)
+            next_round: list[PipelineWindow] = []
+            for (language, task, prompt, temperatures), positions in self.decoding_groups(waiting):
                 tokenizer = self.tokenizer(task, language)
                 decoding = self.decoding_options(task, language, prompt)
-                limits = [self.window_limit(windows[p]) for p in positions]
+                limits = [self.window_limit(waiting[p].window) for p in positions]
                 results = self.decode_with_fallback(features[positions], decoding, temperatures, limits)
                 for position, result in zip(positions, results, strict=True):
-                    window = windows[position]
-                    kept, follow_up = settle_window(result, window, tokenizer, round_number)
-                    if follow_up is not None:
-                        follow_ups.append(follow_up)
-                    if kept is not None:
-                        index = window.request_index
-                        words_from = features[position] if asked[index].word_timestamps else None
-                        decoded[index].append(DecodedWindow(window, kept, words_from))
-            windows = follow_ups
-        transcripts = [
-            self.transcript(job, languages[index] if languages else asked[index].language or "en", decoded[index])
-            for index, job in enumerate(jobs)
-        ]
-        return transcripts, window_count
+                    item = waiting[position]
+                    item.features = features[position]
+                    next_round += pipeline.settle(item, result, tokenizer)
+            waiting = next_round
+        return [self.stitch(request) for request in requests], window_count
 
     def window_limit(self, window: Window) -> int | None:
-        """The synthetic model's realistic decode length for `window`; None for a real model."""
-        return synthetic.window_tokens(self.model, window.end - window.start)
+        """The most tokens `window` may decode under the budget; None: to end-of-text."""
+        return self.budget.window_tokens(window.length) if self.budget is not None else None
+
+    def stitch(self, request: RequestWindows) -> Transcript:
+        """A request's transcript from the windows it kept, in the transcript's order."""
+        return self.transcript(request.job, request.language or "en", pipeline.stitched_order(request))
 
     def transcript(self, job: AudioItem, language: str, decoded: Sequence[DecodedWindow]) -> Transcript:
         """A job's transcript from its decoded windows, given in the engine's order: rounds, then windows.
@@ -360,13 +279,13 @@ class Transcriber:
         )
 
     def decoding_groups(
-        self, asked: Sequence[TranscriptionOptions], languages: Sequence[str], windows: Sequence[Window]
+        self, items: Sequence[PipelineWindow]
     ) -> list[tuple[tuple[str, str, str | None, tuple[float, ...]], list[int]]]:
         """Positions of windows whose requests' decoding options agree: each group is one batched decode."""
         groups: dict[tuple[str, str, str | None, tuple[float, ...]], list[int]] = defaultdict(list)
-        for position, window in enumerate(windows):
-            options = asked[window.request_index]
-            key = (languages[window.request_index], options.task, options.prompt, options.temperatures)
+        for position, item in enumerate(items):
+            options = item.request.options
+            key = (item.request.language or "en", options.task, options.prompt, options.temperatures)
             groups[key].append(position)
         return list(groups.items())
 

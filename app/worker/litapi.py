@@ -34,11 +34,12 @@ from app.contract import (
 )
 from app.worker.decoding import cross_attention
 from app.worker.decoding.cross_attention import CrossAttentionOptions
+from app.worker.decoding.memory import slots_that_fit
 from app.worker.diarization import Diarizer, diarize_outcomes
 from app.worker.engine import AudioItem, PassResult, Transcriber
 from app.worker.loading import load_model, model_display_name
 from app.worker.scheduler import ContinuousScheduler
-from app.worker.slot_decoding import slots_that_fit
+from app.worker.synthetic import token_budget
 from app.worker.vad import VadSplitter
 
 log = logging.getLogger(__name__)
@@ -114,10 +115,13 @@ class WhisperLitAPI(ls.LitAPI):
         # requests in the scheduler that want speakers: their waveforms, for when their transcripts finish
         self.diarizing: dict[Hashable, AudioItem] = {}
         name = model_display_name(self.model_spec)
+        budget = token_budget(model)
         if continuous_batching(settings):
             # the static decoder only serves what the slots do not (sampling, fallback): it stays small
             static_windows = min(STATIC_WINDOWS, settings.max_windows_per_pass)
-            self.transcriber = Transcriber(model, static_windows, gpu_share, splitter=splitter, model_name=name)
+            self.transcriber = Transcriber(
+                model, static_windows, gpu_share, splitter=splitter, budget=budget, model_name=name
+            )
             slots = settings.max_windows_per_pass
             if model.device.type == "cuda":
                 # sized to the memory free once the static decoder holds its part
@@ -125,7 +129,7 @@ class WhisperLitAPI(ls.LitAPI):
             self.scheduler = ContinuousScheduler(self.transcriber, slots)
         else:
             self.transcriber = Transcriber(
-                model, settings.max_windows_per_pass, gpu_share, splitter=splitter, model_name=name
+                model, settings.max_windows_per_pass, gpu_share, splitter=splitter, budget=budget, model_name=name
             )
         log.info("model %s ready on %s", self.model_spec, device)
 
@@ -155,6 +159,7 @@ class WhisperLitAPI(ls.LitAPI):
         started = time.monotonic()
         answers: list[tuple[Hashable, Outcome, float]] = []
         finished_jobs: list[AudioItem | None] = []
+        windows = 0
         if self.aside:
             jobs = [job for _, job in self.aside]
             result = self.run_isolated(jobs)
@@ -162,12 +167,14 @@ class WhisperLitAPI(ls.LitAPI):
                 (uid, outcome, started) for (uid, _), outcome in zip(self.aside, result.outcomes, strict=True)
             )
             finished_jobs.extend(jobs)
+            windows += result.statistics.windows
             self.aside = []
         occupied = self.scheduler.occupied if self.scheduler is not None else 0
         if self.scheduler is not None:
             for finished in self.scheduler.step():
                 answers.append((finished.key, finished.outcome, finished.started_at))
                 finished_jobs.append(self.diarizing.pop(finished.key, None))
+                windows += finished.windows
         outcomes = self.with_speakers(finished_jobs, [outcome for _, outcome, _ in answers])
         answers = [(uid, outcome, began) for (uid, _, began), outcome in zip(answers, outcomes, strict=True)]
         finished_at = time.monotonic()
@@ -178,6 +185,7 @@ class WhisperLitAPI(ls.LitAPI):
             WorkerTiming(started, finished_at - started, len(answers)),
             PassStatistics(occupied, audio),
             memory=self.steps % MEMORY_EVERY_STEPS == 0,
+            windows_encoded=windows,
         )
         return [
             (uid, Reported(outcome, WorkerTiming(began, finished_at - began, occupied)))
@@ -208,7 +216,7 @@ class WhisperLitAPI(ls.LitAPI):
         result = self.run_isolated(jobs)
         outcomes = iter(self.with_speakers(jobs, result.outcomes))
         timing = WorkerTiming(started, time.monotonic() - started, len(jobs))
-        self.record(timing, result.statistics)
+        self.record(timing, result.statistics, windows_encoded=result.statistics.windows)
         return [Reported(next(outcomes), timing) if isinstance(item, AudioItem) else item for item in items]
 
     def run_isolated(self, jobs: Sequence[AudioItem]) -> PassResult:
@@ -239,8 +247,13 @@ class WhisperLitAPI(ls.LitAPI):
             for job, outcome in zip(jobs, outcomes, strict=True)
         ]
 
-    def record(self, timing: WorkerTiming, statistics: PassStatistics, memory: bool = True) -> None:
+    def record(
+        self, timing: WorkerTiming, statistics: PassStatistics, memory: bool = True, windows_encoded: int = 0
+    ) -> None:
+        """`windows_encoded`: windows the answered requests took (a continuous step's statistics count the
+        windows in the slots instead)."""
         label = self.worker_label
+        metrics.WINDOWS.labels(label).inc(windows_encoded)
         metrics.INFERENCE_SECONDS.labels(label).observe(timing.inference_seconds)
         metrics.BATCH_SIZE.labels(label).observe(timing.batch_size)
         metrics.BATCH_WINDOWS.labels(label).observe(statistics.windows)

@@ -4,8 +4,9 @@ The worker's loop hands requests in with `submit` and calls `step` while any are
 requests into windows (the engine's splitter: VAD where it is on), admits waiting windows into free
 slots (encoder, then prefill), advances every slot by one token, and returns the requests whose last
 window has just ended, so an answer never waits for a longer neighbour. A window that ends is handled
-as the static engine handles it (app/worker/engine.py: fallback, silence, seek-back), and its
-follow-up window, if any, waits for a slot like any other: greedy transcripts are the engine's.
+through the window pipeline the static engine uses (app/worker/pipeline.py: fallback, settle, seek-back,
+packing), and its request's next round, if any, waits for a slot like any other window: greedy
+transcripts are the engine's.
 """
 
 from __future__ import annotations
@@ -14,27 +15,19 @@ import logging
 import time
 from collections import deque
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
-from whisper.decoding import DecodingResult, detect_language
+from whisper.decoding import DecodingResult
 from whisper.tokenizer import Tokenizer
-from whisper.utils import compression_ratio
 
 from app.contract import NORMAL_PRIORITY, ItemError, Outcome, Reason, TranscriptionOptions
-from app.worker import cuda_decoding
-from app.worker.cuda_decoding import GreedyPlan, greedy_plan
-from app.worker.engine import (
-    AudioItem,
-    DecodedWindow,
-    Transcriber,
-    needs_fallback,
-    settle_window,
-    transcription_options,
-)
-from app.worker.slot_decoding import SlotDecoder, SlotResult, shared_plan
-from app.worker.windows import Window
+from app.worker import pipeline
+from app.worker.decoding.memory import ENCODER_WINDOWS
+from app.worker.decoding.plan import GreedyPlan, greedy_plan, shared_plan
+from app.worker.decoding.slots import SlotDecoder, SlotResult, decoding_result
+from app.worker.engine import AudioItem, Transcriber
+from app.worker.pipeline import PipelineWindow, RequestWindows, needs_fallback
 
 log = logging.getLogger(__name__)
 
@@ -53,52 +46,25 @@ PlanKey = tuple[str, str, str | None]
 Prepared = tuple[GreedyPlan, tuple[int, ...], Tokenizer]
 
 
-@dataclass
-class _Request:
-    """One request in the scheduler: its decoded windows collect as their slots finish."""
+@dataclass(kw_only=True)
+class _Request(RequestWindows):
+    """One request in the scheduler: its windows go through the pipeline as their slots finish."""
 
     key: Hashable
-    job: AudioItem
     submitted_at: float
-    # QueuedRequest.priority: windows of a higher one wait ahead of those already waiting
-    priority: int = NORMAL_PRIORITY
-    language: str | None = None
-    decoded: list[tuple[tuple[int, int], DecodedWindow]] = field(default_factory=list)
     started_at: float | None = None
-    # windows waiting or in a slot; the request is answered when none is left
-    pending: int = 0
     # its windows went the static way (options the slots cannot decode) or failed
     gone: bool = False
-
-    @property
-    def options(self) -> TranscriptionOptions:
-        return transcription_options(self.job)
-
-
-@dataclass
-class _Window:
-    """One window of a request on its way through the slots.
-
-    `order` is (round, index of the first window it continues): the static engine's order of the
-    request's windows, in which the transcript is stitched.
-    """
-
-    request: _Request
-    window: Window
-    order: tuple[int, int]
-    features: torch.Tensor | None = None
-
-    def audio(self) -> np.ndarray:
-        return self.window.audio(self.request.job.waveform)
 
 
 @dataclass(frozen=True)
 class Finished:
-    """A request's answer, and when its first window began decoding."""
+    """A request's answer, when its first window began decoding, and how many windows it took."""
 
     key: Hashable
     outcome: Outcome
     started_at: float
+    windows: int = 0
 
 
 class ContinuousScheduler:
@@ -114,8 +80,8 @@ class ContinuousScheduler:
         self.model = transcriber.model
         self.decoder = SlotDecoder(self.model, slots)
         self.arrived: list[_Request] = []
-        self.waiting: deque[_Window] = deque()
-        self.in_slots: dict[int, _Window] = {}
+        self.waiting: deque[PipelineWindow] = deque()
+        self.in_slots: dict[int, PipelineWindow] = {}
         self.plans: dict[PlanKey, Prepared | None] = {}
         # steps since the last admission while windows waited, and since the oldest arrival came
         self.waited_steps = 0
@@ -141,7 +107,7 @@ class ContinuousScheduler:
 
     def submit(self, key: Hashable, job: AudioItem, priority: int = NORMAL_PRIORITY) -> None:
         """`job` joins at the next step (split into windows there, together with every other new request)."""
-        self.arrived.append(_Request(key, job, time.monotonic(), priority))
+        self.arrived.append(_Request(job=job, key=key, submitted_at=time.monotonic(), priority=priority))
 
     def step(self) -> list[Finished]:
         """Split, admit, advance every slot one token, and answer the requests that ended; never raises:
@@ -186,22 +152,15 @@ class ContinuousScheduler:
             if refusal is not None:
                 answers.append(Finished(request.key, refusal, time.monotonic()))
                 continue
-            if not self.model.is_multilingual:
-                request.language = "en"
-            else:
-                request.language = request.options.language
+            request.language = pipeline.known_language(request.job, self.model.is_multilingual)
             requests.append(request)
-        windows = self.transcriber.split([request.job for request in requests]) if requests else []
-        urgent: list[_Window] = []
-        for window in windows:
-            request = requests[window.request_index]
-            item = _Window(request, window, (0, request.pending))
-            (urgent if request.priority > NORMAL_PRIORITY else self.waiting).append(item)
-            request.pending += 1
+        urgent: list[PipelineWindow] = []
+        for item in pipeline.split(requests, self.transcriber.split):
+            (urgent if item.request.priority > NORMAL_PRIORITY else self.waiting).append(item)
         # live speech is waited for as it is spoken: ahead of every window already waiting (job windows too)
         self.waiting.extendleft(reversed(urgent))
         # VAD heard no speech: the engine's empty transcript
-        answers += [self._finish(request) for request in requests if request.pending == 0]
+        answers += [self._finish(request) for request in requests if request.done]
         return answers
 
     # -- admission ------------------------------------------------------------------------------------
@@ -217,17 +176,17 @@ class ContinuousScheduler:
             return []
         self.waited_steps = 0
         most = min(len(free), ADMIT_MOST) if running else len(free)
-        taken: list[_Window] = []
+        taken: list[PipelineWindow] = []
         while self.waiting and len(taken) < most:
             taken.append(self.waiting.popleft())
-        features = self.transcriber.encode([item.audio() for item in taken], cuda_decoding.ENCODER_WINDOWS)
-        self._detect_languages(taken, features)
+        features = self.transcriber.encode([item.audio() for item in taken], ENCODER_WINDOWS)
+        pipeline.detect_languages(self.model, taken, features)
         # windows whose plan cannot decode beside the slots' go back to the front, in order
         groups: dict[PlanKey, list[int]] = {}
-        refused: list[_Window] = []
+        refused: list[PipelineWindow] = []
         answers: list[Finished] = []
         for row, item in enumerate(taken):
-            request = item.request
+            request = self._request(item)
             if request.gone:
                 continue  # its request went the static way
             key = self._plan_key(request)
@@ -252,29 +211,25 @@ class ContinuousScheduler:
                 item = taken[row]
                 # a copy: a view would keep the whole admission's features alive as long as any window
                 item.features = features[row].clone()
-                item.request.started_at = item.request.started_at or now
+                request = self._request(item)
+                request.started_at = request.started_at or now
                 self.in_slots[slot] = item
         return answers
 
     def _first_plan(self, groups: dict[PlanKey, list[int]]) -> GreedyPlan:
         return shared_plan(self._prepared(next(iter(groups)))[0])
 
-    def _limit(self, plan: GreedyPlan, item: _Window) -> int:
-        realistic = self.transcriber.window_limit(item.window)
-        return min(plan.max_tokens, realistic) if realistic else plan.max_tokens
+    def _limit(self, plan: GreedyPlan, item: PipelineWindow) -> int:
+        budget = self.transcriber.window_limit(item.window)
+        return min(plan.max_tokens, budget) if budget else plan.max_tokens
 
-    def _detect_languages(self, taken: Sequence[_Window], features: torch.Tensor) -> None:
-        """A request without a language takes the one detected in its first window (admitted first),
-        as the engine does."""
-        rows = [row for row, item in enumerate(taken) if item.request.language is None and item.order == (0, 0)]
-        if not rows:
-            return
-        with torch.inference_mode():
-            _, probabilities = detect_language(self.model, features[rows])
-        for row, distribution in zip(rows, probabilities, strict=True):
-            taken[row].request.language = max(distribution, key=distribution.get)
+    @staticmethod
+    def _request(item: PipelineWindow) -> _Request:
+        if not isinstance(item.request, _Request):
+            raise TypeError("a window of a request the scheduler does not hold")
+        return item.request
 
-    def _plan_key(self, request: _Request) -> PlanKey | None:
+    def _plan_key(self, request: RequestWindows) -> PlanKey | None:
         if request.language is None:
             return None
         return (request.options.task, request.language, request.options.prompt)
@@ -316,25 +271,15 @@ class ContinuousScheduler:
                 answers.append(answer)
         return answers
 
-    def _result(self, item: _Window, slot: SlotResult) -> DecodingResult:
+    def _result(self, item: PipelineWindow, slot: SlotResult) -> DecodingResult:
         """The slot's tokens as whisper.decode's result for that window."""
         key = self._plan_key(item.request)
         if key is None:
             raise LookupError("a window decoded without a language")
         plan, _, tokenizer = self._prepared(key)
-        text = tokenizer.decode(slot.tokens).strip()
-        return DecodingResult(
-            audio_features=item.features,
-            language=item.request.language,
-            tokens=slot.tokens,
-            text=text,
-            avg_logprob=slot.sum_logprob / (len(slot.tokens) + 1),
-            no_speech_prob=slot.no_speech_prob if plan.no_speech is not None else float("nan"),
-            temperature=0.0,
-            compression_ratio=compression_ratio(text),
-        )
+        return decoding_result(slot, plan, tokenizer, key[1], item.features)
 
-    def _fall_back(self, items: Sequence[_Window], key: PlanKey) -> list[DecodingResult]:
+    def _fall_back(self, items: Sequence[PipelineWindow], key: PlanKey) -> list[DecodingResult]:
         """transcribe()'s ladder past greedy for windows that failed its checks: a static pass, hotter."""
         features = torch.stack([self._features(item) for item in items])
         decoding = self.transcriber.decoding_options(*key)
@@ -343,49 +288,43 @@ class ContinuousScheduler:
         return self.transcriber.decode_with_fallback(features, decoding, temperatures, limits)
 
     @staticmethod
-    def _features(item: _Window) -> torch.Tensor:
+    def _features(item: PipelineWindow) -> torch.Tensor:
         if item.features is None:
             raise LookupError("a window left its slot without its encoder features")
         return item.features
 
-    def _settle(self, item: _Window, result: DecodingResult) -> Finished | None:
-        request = item.request
-        request.pending -= 1
+    def _settle(self, item: PipelineWindow, result: DecodingResult) -> Finished | None:
+        """The pipeline's settle point for one window; its request's next round goes first in the queue
+        (it is what the request's answer waits for), and a request with nothing left is answered."""
+        request = self._request(item)
         if request.gone:
+            request.pending -= 1
             return None
         key = self._plan_key(request)
         if key is None:
             raise LookupError("a window decoded without a language")
-        round_number, first = item.order
-        kept, follow_up = settle_window(result, item.window, self._prepared(key)[2], round_number)
-        if kept is not None:
-            words_from = item.features if request.options.word_timestamps else None
-            request.decoded.append((item.order, DecodedWindow(item.window, kept, words_from)))
-        item.features = None
-        if follow_up is not None:
-            # the rest of a request already decoding goes first: it is what its answer waits for
-            request.pending += 1
-            self.waiting.appendleft(_Window(request, follow_up, (round_number + 1, first)))
-        return self._finish(request) if request.pending == 0 else None
+        next_round = pipeline.settle(item, result, self._prepared(key)[2])
+        self.waiting.extendleft(reversed(next_round))
+        return self._finish(request) if request.done else None
 
     def _finish(self, request: _Request) -> Finished:
         """The request's transcript, stitched by the engine in its own window order."""
-        decoded = [window for _, window in sorted(request.decoded, key=lambda pair: pair[0])]
-        transcript = self.transcriber.transcript(request.job, request.language or "en", decoded)
+        transcript = self.transcriber.stitch(request)
         request.decoded = []
-        return Finished(request.key, transcript, request.started_at or time.monotonic())
+        return Finished(request.key, transcript, request.started_at or time.monotonic(), request.windows)
 
     def _unsupported(self, request: _Request) -> Finished:
         """A window whose options the greedy slots cannot decode: its whole request goes the static way."""
         request.gone = True
         self.waiting = deque(item for item in self.waiting if item.request is not request)
-        [outcome] = self.transcriber.run_isolated([request.job]).outcomes
-        return Finished(request.key, outcome, time.monotonic())
+        result = self.transcriber.run_isolated([request.job])
+        [outcome] = result.outcomes
+        return Finished(request.key, outcome, time.monotonic(), result.statistics.windows)
 
     def _fail_all(self, error: Exception) -> list[Finished]:
         if isinstance(error, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
-        held = [*self.arrived, *(item.request for item in (*self.in_slots.values(), *self.waiting))]
+        held = [*self.arrived, *(self._request(item) for item in (*self.in_slots.values(), *self.waiting))]
         requests = {id(request): request for request in held if not request.gone}
         self.arrived.clear()
         self.in_slots.clear()

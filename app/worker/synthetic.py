@@ -123,3 +123,8 @@ def window_tokens(model: Whisper, samples: int) -> int | None:
 def decoding_overrides(model: Whisper) -> dict[str, object]:
     """What the engine adds to each DecodingOptions for `model`: nothing for real models."""
     return model.decoding_overrides() if isinstance(model, SyntheticWhisper) else {}
+
+
+def token_budget(model: Whisper) -> SyntheticWhisper | None:
+    """What the engine is given as its TokenBudget for `model`: the synthetic model itself, else None."""
+    return model if isinstance(model, SyntheticWhisper) else None

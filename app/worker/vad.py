@@ -15,6 +15,7 @@ from whisper.audio import N_SAMPLES, SAMPLE_RATE
 from app.contract import TranscriptionOptions, VadParameters
 from app.silero import CHUNK_SAMPLES, SileroNetwork, silero_weights
 from app.worker.engine import AudioItem
+from app.worker.packing import pack_spans
 from app.worker.windows import Window, split_waveform
 
 # waveforms are cut into rows this long, decoded side by side; each row first hears WARM_UP_CHUNKS of the
@@ -90,30 +91,6 @@ def speech_spans(probabilities: np.ndarray, samples: int, parameters: VadParamet
         audio_length_samples=samples,
     )
     return [(span["start"], min(span["end"], samples)) for span in found if span["end"] > span["start"]]
-
-
-def pack_spans(spans: Sequence[tuple[int, int]], request_index: int) -> list[Window]:
-    """Consecutive speech spans joined into windows of at most 30 s of audio; the silence between them is left out."""
-    windows: list[Window] = []
-    current: list[tuple[int, int]] = []
-    for start, end in spans:
-        # Silero keeps spans under 30 s (cut at its longest pause); the guard only keeps windows valid
-        for piece_start in range(start, end, N_SAMPLES):
-            piece = (piece_start, min(piece_start + N_SAMPLES, end))
-            if current and sum(e - s for s, e in current) + piece[1] - piece[0] > N_SAMPLES:
-                windows.append(joined_window(current, request_index))
-                current = []
-            if current and piece[0] <= current[-1][1]:
-                current[-1] = (current[-1][0], max(current[-1][1], piece[1]))
-            else:
-                current.append(piece)
-    if current:
-        windows.append(joined_window(current, request_index))
-    return windows
-
-
-def joined_window(spans: list[tuple[int, int]], request_index: int) -> Window:
-    return Window(request_index, spans[0][0], spans[-1][1], tuple(spans) if len(spans) > 1 else ())
 
 
 class VadSplitter:

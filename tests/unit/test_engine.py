@@ -17,7 +17,8 @@ from whisper.tokenizer import get_tokenizer
 
 from app.contract import ItemError, Reason, Transcript, TranscriptionOptions
 from app.web.errors import status_of
-from app.worker.engine import AudioItem, Transcriber, log_mel_batch, needs_fallback
+from app.worker.engine import AudioItem, Transcriber, log_mel_batch
+from app.worker.pipeline import needs_fallback
 from app.worker.segments import window_segments
 from app.worker.windows import Window
 

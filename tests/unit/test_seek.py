@@ -7,7 +7,7 @@ from whisper.audio import SAMPLE_RATE
 from whisper.tokenizer import get_tokenizer
 
 from app.contract import Segment, Word
-from app.worker.engine import FOLLOW_UP_LEAD_SECONDS, rest_of_window
+from app.worker.pipeline import FOLLOW_UP_LEAD_SECONDS, rest_of_window
 from app.worker.seek import SeekBack, seek_back
 from app.worker.segments import in_order, window_segments
 from app.worker.windows import Window

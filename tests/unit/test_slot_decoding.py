@@ -17,9 +17,10 @@ from whisper.decoding import DecodingOptions
 from whisper.model import Whisper
 
 from app.worker import synthetic
-from app.worker.cuda_decoding import greedy_plan
+from app.worker.decoding.graphs import bucket
+from app.worker.decoding.plan import greedy_plan
+from app.worker.decoding.slots import SlotDecoder
 from app.worker.engine import log_mel_batch
-from app.worker.slot_decoding import SlotDecoder, bucket
 
 
 @pytest.fixture(scope="module")

@@ -68,10 +68,10 @@ def test_real_models_get_no_overrides(tiny_en_model: torch.nn.Module) -> None:
 
 def test_every_window_decodes_exactly_n_tokens_without_fallback(tiny: synthetic.SyntheticWhisper) -> None:
     rng = np.random.default_rng(0)
-    engine = Transcriber(tiny, max_windows_per_pass=4)
+    engine = Transcriber(tiny, max_windows_per_pass=4, budget=synthetic.token_budget(tiny))
     waveforms = [(0.1 * rng.standard_normal(N_SAMPLES)).astype(np.float32), np.zeros(N_SAMPLES // 3, np.float32)]
     features = engine.encode(waveforms)
-    options = DecodingOptions(language="en", fp16=False, **engine.decoding_overrides)
+    options = DecodingOptions(language="en", fp16=False, **tiny.decoding_overrides())
     results = engine.decode_with_fallback(features, options)
     assert [len(r.tokens) for r in results] == [TOKENS, TOKENS]
     # the quality checks pass, so no window is decoded a second time at a higher temperature

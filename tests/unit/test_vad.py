@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 import whisper
-from whisper.audio import N_SAMPLES, SAMPLE_RATE
+from whisper.audio import SAMPLE_RATE
 
 from app.contract import TranscriptionOptions, VadParameters
 from app.worker import vad
 from app.worker.engine import AudioItem
-from app.worker.vad import CHUNK_SAMPLES, SpeechDetector, VadSplitter, pack_spans, speech_spans
-from app.worker.windows import Window
+from app.worker.vad import CHUNK_SAMPLES, SpeechDetector, VadSplitter, speech_spans
 
 
 @pytest.fixture(scope="module")
@@ -64,18 +63,6 @@ def test_speech_spans_are_padded_and_short_bursts_ignored() -> None:
     [(start, end)] = speech_spans(probabilities, 20 * SAMPLE_RATE, VadParameters(speech_pad_ms=400))
     assert start == pytest.approx(1.6 * SAMPLE_RATE, abs=CHUNK_SAMPLES)
     assert end == pytest.approx(5.4 * SAMPLE_RATE, abs=CHUNK_SAMPLES)
-
-
-def test_spans_are_packed_into_windows_of_at_most_thirty_seconds() -> None:
-    s = SAMPLE_RATE
-    spans = [(0, 10 * s), (40 * s, 55 * s), (70 * s, 80 * s), (100 * s, 128 * s)]
-    windows = pack_spans(spans, request_index=2)
-    assert windows == [
-        Window(2, 0, 55 * s, spans=((0, 10 * s), (40 * s, 55 * s))),
-        Window(2, 70 * s, 80 * s),
-        Window(2, 100 * s, 128 * s),
-    ]
-    assert all(w.length <= N_SAMPLES for w in windows)
 
 
 def test_silence_gives_no_window_and_speech_keeps_its_place(detector: SpeechDetector, fox_wav: Path) -> None:

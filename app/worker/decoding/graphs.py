@@ -1,16 +1,28 @@
 """CUDA graphs of a decoder's fixed-shape work: each piece captured on first use, replayed after.
 
-Both graphed decoders (cuda_decoding's static passes and slot_decoding's continuous steps) keep their
-state in buffers updated in place, so that a replay reads and writes the memory the capture saw; this
-is the one place that captures and replays them.
+A graphed decoder keeps its state in buffers updated in place, so that a replay reads and writes the
+memory the capture saw; this is the one place that captures and replays them, and that says which
+batch sizes get a graph.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Sequence
 
 import torch
 from torch import Tensor
+
+# batch sizes get a graph each: powers of two up to 16, then multiples of 16 (a padded row costs
+# a real row's work, so large batches are padded by at most 15 rows)
+SMALL_BUCKETS = (1, 2, 4, 8, 16)
+BUCKET_STEP = 16
+
+
+def bucket(n_rows: int, capacity: int) -> int:
+    """Rows a graph runs for `n_rows` rows: one of SMALL_BUCKETS or a multiple of BUCKET_STEP, at most `capacity`."""
+    size = next((s for s in SMALL_BUCKETS if s >= n_rows), math.ceil(n_rows / BUCKET_STEP) * BUCKET_STEP)
+    return min(size, capacity)
 
 
 class GraphCache:

@@ -13,7 +13,6 @@ equal length are attended together with whisper's own call.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 from collections import defaultdict
@@ -24,28 +23,25 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from whisper.decoding import DecodingResult
 from whisper.model import Whisper
+from whisper.tokenizer import Tokenizer
+from whisper.utils import compression_ratio
 
-from app.worker.cuda_decoding import (
-    NEG_INF,
-    GreedyPlan,
+from app.worker.decoding.attention import (
     attend,
-    bucket,
     cross_attention_and_mlp,
-    first_token_rules,
+    dense_attention,
     split_heads,
-    timestamp_rules,
-    windows_that_fit,
+    varlen_attention,
+    varlen_is_exact,
 )
 from app.worker.decoding.cross_attention import CrossAttentionCache, CrossAttentionOptions
-from app.worker.graphs import GraphCache
+from app.worker.decoding.graphs import GraphCache, bucket
+from app.worker.decoding.plan import GreedyPlan, shared_plan
+from app.worker.decoding.rules import NEG_INF, first_token_rules, timestamp_rules
 
 log = logging.getLogger(__name__)
-
-
-def shared_plan(plan: GreedyPlan) -> GreedyPlan:
-    """What rows decoding side by side must agree on: everything but their initial tokens and length."""
-    return dataclasses.replace(plan, n_initial=0, sot_index=0, max_tokens=0)
 
 
 @dataclass
@@ -97,31 +93,21 @@ class SlotResult:
     no_speech_prob: float
 
 
-def slots_that_fit(model: Whisper, requested: int, gpu_share: float = 1.0) -> int:
-    """`requested`, or fewer slots where this worker's part of the GPU's memory holds fewer (a slot
-    holds what a window of a static pass holds)."""
-    return windows_that_fit(model, requested, gpu_share, unit="decoding slots")
-
-
-def dense_attention(query: Tensor, keys: Tensor, values: Tensor) -> Tensor:
-    """whisper's call: (rows, heads, 1, d) queries over (rows, heads, n, d) keys, no mask."""
-    return F.scaled_dot_product_attention(query, keys, values)
-
-
-def varlen_attention(query: Tensor, keys: Tensor, values: Tensor, lengths: Tensor, offsets: Tensor) -> Tensor:
-    """Flash attention of one query per row over the first `lengths[row]` keys of that row's cache.
-
-    query: (rows, heads, d); keys, values: (rows * n_ctx, heads, d); lengths: (rows,) int32;
-    offsets: int32 0, 1, 2, ... (at least rows + 1 of them). Shapes and pointers stay fixed, so a
-    CUDA graph can hold the call.
-    """
-    rows = query.shape[0]
-    n_ctx = keys.shape[0] // rows
-    output, *_ = torch.ops.aten._flash_attention_forward(
-        query, keys, values, offsets[: rows + 1], offsets[: rows + 1] * n_ctx, 1, n_ctx, 0.0, False, False,
-        seqused_k=lengths,
-    )  # fmt: skip
-    return output
+def decoding_result(
+    ended: SlotResult, plan: GreedyPlan, tokenizer: Tokenizer, language: str, features: Tensor | None
+) -> DecodingResult:
+    """A window's slot tokens as whisper.decode's result for that window: text and whisper's figures."""
+    text = tokenizer.decode(ended.tokens).strip()
+    return DecodingResult(
+        audio_features=features,
+        language=language,
+        tokens=ended.tokens,
+        text=text,
+        avg_logprob=ended.sum_logprob / (len(ended.tokens) + 1),
+        no_speech_prob=ended.no_speech_prob if plan.no_speech is not None else math.nan,
+        temperature=0.0,
+        compression_ratio=compression_ratio(text),
+    )
 
 
 class SlotDecoder:
@@ -135,7 +121,7 @@ class SlotDecoder:
     def __init__(
         self, model: Whisper, capacity: int, use_graphs: bool | None = None, cross: CrossAttentionOptions | None = None
     ) -> None:
-        """A step over the slots runs as one CUDA graph per bucket of slots (cuda_decoding.bucket): the
+        """A step over the slots runs as one CUDA graph per bucket of slots (graphs.bucket): the
         smallest that covers every occupied slot. `cross`: the step's cross-attention (default: the process's
         setting, cross_attention.configure)."""
         self.model = model
@@ -484,43 +470,3 @@ class SlotDecoder:
             logits, self.plan, self.vocabulary, self.last_is_timestamp[:rows], self.penultimate_is_timestamp[:rows],
             self.last_timestamp[:rows],
         )  # fmt: skip
-
-
-def varlen_is_exact(device: torch.device, n_head: int, head_width: int, n_ctx: int) -> bool:
-    """Whether flash attention's variable-length form gives, bit for bit, whisper's dense call's rows.
-
-    The dense call is whisper's: a batch of rows of one length. Probed once at start-up on random data
-    at lengths around the kernel's block sizes, with rows of other lengths beside them in the
-    variable-length call. Any difference (or the op missing in this torch) keeps the grouped attention.
-    (whisper's own call splits long key ranges over several blocks when batch x heads is small, so at
-    a handful of rows and over 256 keys even whisper.decode's results depend on the batch's size.)
-    """
-    rows, others = 16, 4
-    try:
-        generator = torch.Generator(device=device).manual_seed(0)
-        offsets = torch.arange(rows + others + 1, dtype=torch.int32, device=device)
-        flat = ((rows + others) * n_ctx, n_head, head_width)
-        for length in sorted({1, 2, 63, 64, 65, 127, 128, 129, 255, 256, 257, 300, n_ctx - 1, n_ctx}):
-            shape = (rows + others, n_ctx, n_head, head_width)
-            keys = torch.randn(shape, device=device, dtype=torch.float16, generator=generator)
-            values = torch.randn(shape, device=device, dtype=torch.float16, generator=generator)
-            query = torch.randn(
-                rows + others, n_head, head_width, device=device, dtype=torch.float16, generator=generator
-            )
-            lengths = torch.randint(
-                1, n_ctx + 1, (rows + others,), device=device, generator=generator, dtype=torch.int32
-            )
-            lengths[:rows] = length
-            varlen = varlen_attention(query, keys.view(flat), values.view(flat), lengths, offsets)
-            dense = dense_attention(
-                query[:rows, :, None],
-                keys[:rows, :length].permute(0, 2, 1, 3),
-                values[:rows, :length].permute(0, 2, 1, 3),
-            )
-            if not torch.equal(dense[:, :, 0], varlen[:rows]):
-                log.warning("varlen attention differs from the dense call at %d keys", length)
-                return False
-        return True
-    except (RuntimeError, TypeError) as error:
-        log.warning("varlen attention unavailable: %s", error)
-        return False

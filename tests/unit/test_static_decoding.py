@@ -1,7 +1,8 @@
-"""The graphed greedy decoder, run eagerly on the CPU, against whisper.decode on the same weights.
+"""Static passes through the slot decoder (every window admitted at once), run eagerly on the CPU,
+against whisper.decode on the same weights.
 
-Greedy decoding is deterministic, so the static-cache path must choose exactly whisper's tokens; on
-the GPU the same code is replayed as CUDA graphs (scripts/bench_engine.py checks it there).
+Greedy decoding is deterministic, so the slots must choose exactly whisper's tokens; on the GPU the
+same code is replayed as CUDA graphs (scripts/bench_engine.py checks it there).
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import whisper
 from whisper.audio import N_SAMPLES
 from whisper.decoding import ApplyTimestampRules, DecodingOptions
 
-from app.worker import cuda_decoding, synthetic
-from app.worker.cuda_decoding import GraphedGreedyDecoder, greedy_plan
+from app.worker import synthetic
+from app.worker.decoding import memory, static
+from app.worker.decoding.plan import greedy_plan
+from app.worker.decoding.rules import timestamp_rules
+from app.worker.decoding.static import SlotPass
 
 TOKENS = 6
 
@@ -72,7 +76,7 @@ def test_greedy_tokens_match_whisper_decode(
 ) -> None:
     options, expected = greedy_case
     with torch.inference_mode():
-        got = GraphedGreedyDecoder(tiny, capacity=capacity)(features, options)
+        got = SlotPass(tiny, capacity=capacity)(features, options)
     assert_same_results(expected, got)
 
 
@@ -85,7 +89,7 @@ def test_decoding_stops_when_every_window_has_ended(features: torch.Tensor) -> N
     options = DecodingOptions(language="en", fp16=False)
     with torch.inference_mode():
         expected = whisper.decode(model, features, options)
-        got = GraphedGreedyDecoder(model, capacity=4)(features, options)
+        got = SlotPass(model, capacity=4)(features, options)
     assert [len(r.tokens) for r in expected] == [1, 1, 1]
     assert_same_results(expected, got)
 
@@ -97,7 +101,7 @@ def test_sampling_is_left_to_whisper(tiny: synthetic.SyntheticWhisper, features:
         torch.manual_seed(0)
         expected = whisper.decode(tiny, features, options)
         torch.manual_seed(0)
-        got = GraphedGreedyDecoder(tiny, capacity=4)(features, options)
+        got = SlotPass(tiny, capacity=4)(features, options)
     assert [r.tokens for r in got] == [r.tokens for r in expected]
 
 
@@ -105,64 +109,68 @@ def test_sampling_is_left_to_whisper(tiny: synthetic.SyntheticWhisper, features:
 def test_timestamp_rules_match_whisper_for_any_history(tiny: synthetic.SyntheticWhisper, length: int) -> None:
     rows = 16
     plan, initial, tokenizer = greedy_plan(tiny, DecodingOptions(language="en", fp16=False))
-    decoder = GraphedGreedyDecoder(tiny, capacity=rows)
     generator = torch.Generator().manual_seed(length)
     begin = tokenizer.timestamp_begin
     timestamps = torch.randint(begin, begin + 1501, (rows, length), generator=generator)
     text = torch.randint(0, tokenizer.eot, (rows, length), generator=generator)
     history = torch.where(torch.rand(rows, length, generator=generator) < 0.5, timestamps, text)
-    for step in range(length):
-        decoder._record(plan, rows, history[:, step], first=step == 0)
+    # what the slots remember of each row: a missing penultimate token counts as a timestamp
+    is_timestamp = history >= begin
+    last_is_timestamp = is_timestamp[:, -1]
+    penultimate_is_timestamp = is_timestamp[:, -2] if length > 1 else torch.ones(rows, dtype=torch.bool)
+    last_timestamp = torch.tensor([([-1] + [int(t) for t in row if t >= begin])[-1] for row in history])
     logits = 3 * torch.randn(rows, tiny.dims.n_vocab, generator=generator)
     # shift the timestamps up or down per row, so both outcomes of the "prefer timestamps" rule occur
     logits[:, begin:] += 6 * torch.rand(rows, 1, generator=generator) - 3
     expected = logits.clone()
     tokens = torch.cat([torch.tensor(initial).expand(rows, -1), history], dim=1)
     ApplyTimestampRules(tokenizer, len(initial), plan.max_initial_timestamp_index).apply(expected, tokens)
-    decoder._timestamp_rules(logits, plan, rows)
+    vocabulary = torch.arange(tiny.dims.n_vocab)
+    timestamp_rules(logits, plan, vocabulary, last_is_timestamp, penultimate_is_timestamp, last_timestamp)
     assert torch.equal(logits, expected)
 
 
 def test_windows_per_pass_are_capped_by_free_memory(
     tiny: synthetic.SyntheticWhisper, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    per_window = cuda_decoding.bytes_per_window(tiny)
-    free = int((10.5 * per_window + cuda_decoding.encoder_workspace(tiny)) / cuda_decoding.MEMORY_FRACTION)
+    per_window = memory.bytes_per_window(tiny)
+    free = int((10.5 * per_window + memory.encoder_workspace(tiny)) / memory.MEMORY_FRACTION)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 2 * free))
-    assert cuda_decoding.windows_that_fit(tiny, 64) == 10
-    assert cuda_decoding.windows_that_fit(tiny, 4) == 4
+    assert memory.windows_that_fit(tiny, 64) == 10
+    assert memory.windows_that_fit(tiny, 4) == 4
 
 
 def test_workers_sharing_a_gpu_each_size_to_their_share(
     tiny: synthetic.SyntheticWhisper, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    per_window = cuda_decoding.bytes_per_window(tiny)
-    workspace = cuda_decoding.encoder_workspace(tiny)
+    per_window = memory.bytes_per_window(tiny)
+    workspace = memory.encoder_workspace(tiny)
     # the card is all free when both workers start; each may plan for half of it
-    total = int(2 * (20.5 * per_window + workspace) / cuda_decoding.MEMORY_FRACTION)
+    total = int(2 * (20.5 * per_window + workspace) / memory.MEMORY_FRACTION)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (total, total))
-    assert cuda_decoding.windows_that_fit(tiny, 64, gpu_share=0.5) == 20
-    assert cuda_decoding.windows_that_fit(tiny, 64) > 40
+    assert memory.windows_that_fit(tiny, 64, gpu_share=0.5) == 20
+    assert memory.windows_that_fit(tiny, 64) > 40
     # a worker that starts later finds less free than its share, and takes only that
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (total // 4, total))
-    assert cuda_decoding.windows_that_fit(tiny, 64, gpu_share=0.5) < 20
+    assert memory.windows_that_fit(tiny, 64, gpu_share=0.5) < 20
 
 
 def test_the_cpu_keeps_whisper_decode(tiny: synthetic.SyntheticWhisper) -> None:
-    decoder = cuda_decoding.batch_decoder(tiny, 32)
-    assert isinstance(decoder, cuda_decoding.WhisperDecoder)
+    decoder = static.batch_decoder(tiny, 32)
+    assert isinstance(decoder, static.WhisperDecoder)
     assert decoder.capacity == 32
 
 
 def test_decoding_outside_inference_mode_keeps_no_autograd_history(
     tiny: synthetic.SyntheticWhisper, features: torch.Tensor
 ) -> None:
-    """Start-up decodes every bucket outside inference mode; the weights require grad, and outputs
+    """Start-up captures every bucket outside inference mode; the weights require grad, and outputs
     written into the static buffers would otherwise chain every step's activations (a GPU OOM)."""
-    decoder = GraphedGreedyDecoder(tiny, capacity=4)
+    decoder = SlotPass(tiny, capacity=4)
     options = DecodingOptions(language="en", fp16=False, **synthetic.decoding_overrides(tiny))
     decoder(features.clone(), options)
-    for buffer in (decoder.hidden, decoder.self_keys, decoder.cross_keys, decoder.sum_logprobs):
+    slots = decoder.slots
+    for buffer in (slots.hidden, slots.self_keys, slots.cross_keys, slots.sum_logprobs):
         assert not buffer.requires_grad
 
 
@@ -171,7 +179,7 @@ def test_rows_end_at_their_own_limits(tiny: synthetic.SyntheticWhisper, features
     options = GREEDY_OPTIONS["synthetic"]
     with torch.inference_mode():
         expected = whisper.decode(tiny, features, options)
-        got = GraphedGreedyDecoder(tiny, capacity=4)(features, options, limits=[2, TOKENS, 4])
+        got = SlotPass(tiny, capacity=4)(features, options, limits=[2, TOKENS, 4])
     assert [len(result.tokens) for result in got] == [2, TOKENS, 4]
     assert [result.tokens for result in got] == [
         reference.tokens[: len(r.tokens)] for reference, r in zip(expected, got, strict=True)
