@@ -170,7 +170,7 @@ def test_decoding_outside_inference_mode_keeps_no_autograd_history(
     options = DecodingOptions(language="en", fp16=False, **synthetic.decoding_overrides(tiny))
     decoder(features.clone(), options)
     slots = decoder.slots
-    for buffer in (slots.hidden, slots.self_keys, slots.cross_keys, slots.sum_logprobs):
+    for buffer in (slots.hidden, slots.self_keys, slots.cross.keys, slots.sum_logprobs):
         assert not buffer.requires_grad
 
 

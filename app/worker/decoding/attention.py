@@ -52,7 +52,7 @@ def varlen_attention(query: Tensor, keys: Tensor, values: Tensor, lengths: Tenso
     return output
 
 
-def varlen_is_exact(device: torch.device, n_head: int, head_width: int, n_ctx: int) -> bool:
+def varlen_is_exact(device: torch.device, n_head: int, head_width: int, n_ctx: int, bitwise: bool = True) -> bool:
     """Whether flash attention's variable-length form gives, bit for bit, whisper's dense call's rows.
 
     The dense call is whisper's: a batch of rows of one length. Probed once at start-up on random data
@@ -60,6 +60,8 @@ def varlen_is_exact(device: torch.device, n_head: int, head_width: int, n_ctx: i
     variable-length call. Any difference (or the op missing in this torch) keeps the grouped attention.
     (whisper's own call splits long key ranges over several blocks when batch x heads is small, so at
     a handful of rows and over 256 keys even whisper.decode's results depend on the batch's size.)
+    With `bitwise` False, rows within fp16 rounding of the dense call's are enough: for a decoder whose
+    cross-attention kernel already rounds differently from whisper's call (cuDNN, split-KV).
     """
     rows, others = 16, 4
     try:
@@ -83,7 +85,12 @@ def varlen_is_exact(device: torch.device, n_head: int, head_width: int, n_ctx: i
                 keys[:rows, :length].permute(0, 2, 1, 3),
                 values[:rows, :length].permute(0, 2, 1, 3),
             )
-            if not torch.equal(dense[:, :, 0], varlen[:rows]):
+            same = (
+                torch.equal(dense[:, :, 0], varlen[:rows])
+                if bitwise
+                else torch.allclose(dense[:, :, 0], varlen[:rows], rtol=1e-2, atol=1e-2)
+            )
+            if not same:
                 log.warning("varlen attention differs from the dense call at %d keys", length)
                 return False
         return True

@@ -177,7 +177,12 @@ class SlotDecoder:
             self.attended,
         ]  # fmt: skip
         self.graphs = GraphCache(device, self.use_graphs, state)
-        self.varlen = self.use_graphs and varlen_is_exact(device, self.n_head, width // self.n_head, self.n_ctx)
+        # whisper's tokens bit for bit only where cross-attention keeps them too (its own call, sdpa): with
+        # cuDNN or the split-KV kernel a varlen self-attention within fp16 rounding costs nothing more
+        bitwise = self.cross.backend == "sdpa"
+        self.varlen = self.use_graphs and varlen_is_exact(
+            device, self.n_head, width // self.n_head, self.n_ctx, bitwise=bitwise
+        )
         # results leave the GPU one step behind: step N's state is copied out while step N + 1 runs,
         # so the host never waits for the GPU to finish the step it just queued
         self.snapshots = [_Snapshot.empty(capacity, self.n_ctx, self.use_graphs) for _ in range(2)]
