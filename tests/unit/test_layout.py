@@ -90,7 +90,7 @@ WEB_MODULES = sorted((APP / "web").rglob("*.py"))
 
 @pytest.mark.parametrize("path", WEB_MODULES, ids=lambda p: module_name(p))
 def test_the_web_side_does_not_import_openai_whisper(path: Path) -> None:
-    # the sample rate, hop and languages come from the contract: an HTTP process needs neither whisper nor torch
+    # the sample rate, hop and languages come from the contract: an HTTP process needs no openai-whisper
     assert "whisper" not in top_level_imports(path), f"{module_name(path)} imports openai-whisper"
 
 
