@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from app.web.jobs.wiring import OWNER_SECRET_FILE
 from harness.service import ServiceProcess, wait_until
 from tests.hardening.conftest import MAX_QUEUE, log_line, trickle
 
@@ -29,7 +30,8 @@ NUMBERS_NO_RECORDING_NEEDS = ("Infinity", "-Infinity", "NaN", "1e999", "9" * 401
 
 
 def job_uploads(service: ServiceProcess) -> list[Path]:
-    return list((service.upload_dir.parent / "job-uploads").iterdir())
+    """What the job directory holds besides the owner secret the store keeps beside the uploads."""
+    return [path for path in (service.upload_dir.parent / "job-uploads").iterdir() if path.name != OWNER_SECRET_FILE]
 
 
 def stored_requests(service: ServiceProcess) -> dict[str, str]:
