@@ -29,6 +29,7 @@ ROUTES = [
     ("DELETE", "/v1/jobs/{job_id}"),
     ("GET", "/v1/jobs/{job_id}/result"),
     ("GET", "/health"),
+    ("GET", "/health/jobs"),
     ("GET", "/info"),
     ("GET", "/"),
 ]
