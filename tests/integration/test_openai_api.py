@@ -143,7 +143,8 @@ def test_unknown_model_lists_what_is_served(client: openai.OpenAI, fox_wav: Path
 def test_unreadable_audio_is_a_400_in_openai_shape(service: ServiceProcess, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.mp3"
     garbage.write_bytes(b"\x00\xff" * 2000)
-    response = post(service, garbage, "/v1/audio/translations", model="whisper-1")
+    # transcriptions: the English-only test model refuses translations before any audio is read
+    response = post(service, garbage, "/v1/audio/transcriptions", model="whisper-1")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "unreadable_audio"
 
