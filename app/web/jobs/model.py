@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, WithJsonSchema
 
-from app.contract import TranscriptionOptions, VadParameters
+from app.contract import DiarizationOptions, TranscriptionOptions, VadParameters
 from app.web.formats import TRANSCRIPTION_JSON
 from app.web.forms import NativeTranscribeForm, ServedModel, bad_option
 from app.web.uploads import Upload
@@ -135,7 +135,13 @@ class JobRequest:
             return replace(legacy, webhook_url=stored.get("webhook_url"))
         options: dict[str, Any] = stored.pop("options")
         vad = options.pop("vad_parameters")
-        typed = TranscriptionOptions(**options, vad_parameters=None if vad is None else VadParameters(**vad))
+        # nested options come back from JSON as dicts: typed again here (a job names no known speakers)
+        speakers = options.pop("diarization", None)
+        typed = TranscriptionOptions(
+            **options,
+            vad_parameters=None if vad is None else VadParameters(**vad),
+            diarization=None if speakers is None else DiarizationOptions(**{**speakers, "known_speakers": ()}),
+        )
         return cls(typed, **stored)
 
 
